@@ -1,0 +1,28 @@
+"""supermix_ext: the kernel layer of supermix.
+
+Three fused ops (``mix``, ``gaussian_smooth``, ``newton_step``) with four interchangeable
+implementations: the compiled C++/CUDA library (``cpp``), Triton kernels (``triton``) and the
+pure-PyTorch reference (``reference``), chosen by ``backend=`` or ``SUPERMIX_BACKEND``.
+The package imports wherever the compiled library was not built; ``auto`` then uses the
+reference and warns once.
+"""
+from supermix_ext import reference
+from supermix_ext.ops import (
+    BACKENDS,
+    backend_info,
+    gaussian_smooth,
+    mix,
+    newton_step,
+    resolve_backend,
+)
+
+__all__ = [
+    "BACKENDS",
+    "backend_info",
+    "gaussian_smooth",
+    "mix",
+    "newton_step",
+    "reference",
+    "resolve_backend",
+]
+__version__ = "0.1.0"
