@@ -1,0 +1,33 @@
+"""Collects each benchmark's median and prints speed ratios (ours vs reference) at the end."""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "0")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from benchutil import RATIOS, RESULTS  # noqa: E402
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("supermix benchmark summary (median times, ratios measured in this run)")
+    write(f"{'group':<34}{'provider':<12}{'median ms':>12}{'saved MB':>10}")
+    for (group, provider), row in sorted(RESULTS.items()):
+        saved = row.get("saved_mb")
+        saved_txt = f"{saved:10.2f}" if saved is not None else f"{'':>10}"
+        write(f"{group:<34}{provider:<12}{row['median'] * 1e3:12.3f}{saved_txt}")
+    write("")
+    for group, ours, base, target in RATIOS:
+        if (group, ours) in RESULTS and (group, base) in RESULTS:
+            ratio = RESULTS[(group, base)]["median"] / RESULTS[(group, ours)]["median"]
+            verdict = "" if target is None else ("  (target >= %.0fx: %s)" % (target, "met" if ratio >= target else "MISSED"))
+            write(f"ratio {group}: {base}/{ours} = {ratio:.2f}x{verdict}")
