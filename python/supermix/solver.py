@@ -1,0 +1,370 @@
+"""SuperMix mask solver: the paper's Algorithm 1 and the two baselines of its Table 4.
+
+``solve(teacher, images)`` mixes every image of a batch with k-1 others so that the teacher
+sees all k source classes in the result, in the proportions r ~ Dirichlet(alpha). Masks live on
+a coarse h x w grid of logits, are bilinearly upsampled and normalised through sigmoids
+(eq. 4), and are found by one of three methods that share one loop and one success rule:
+
+- ``"newton_sp"`` (the paper's method): Newton step with smooth projection, eq. 7, on
+  L'_SM = KL + lambda_s * L_s.
+- ``"newton"``: the eq. 6 step (no smoothing, same step clamp) on
+  L_SM = KL + lambda_tv * TV + lambda_s * L_s.
+- ``"sgd"``: plain gradient descent with learning rate ``lr`` on L_SM.
+
+Per iteration the solver runs exactly one teacher forward and one backward, over the samples
+still active; the forward of iteration t+1 is also the success check of iteration t.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from supermix_ext import mix, newton_step, resolve_backend
+from supermix_ext.reference import normalised_masks_ref
+
+__all__ = ["METHODS", "MixResult", "SolveStats", "sample_dirichlet", "cyclic_sources", "solve", "is_success"]
+
+METHODS = ("newton_sp", "newton", "sgd")
+
+
+@dataclass
+class SolveStats:
+    """Work the solver did: teacher calls and the samples they processed."""
+
+    forward_calls: int = 0
+    backward_calls: int = 0
+    forward_samples: int = 0
+    backward_samples: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class MixResult:
+    """What ``solve`` (or a mixer's offline form) returns; B mixed samples of k sources.
+
+    Attributes:
+        mixed: [B,C,H,W] mixed images, in the dtype of the input images.
+        mask_logits: [B,k,h,w] float32 mask logits, or None for blind mixers.
+        sources: [B,k] int64 indices into the input batch.
+        weights: [B,k] mixing coefficients r (paper eq. 2).
+        targets: [B,n] target soft labels y_hat = sum_i r_i onehot(y_i).
+        probs: [B,n] teacher probabilities on ``mixed`` (None for unlabelled blind mixing).
+        iters: [B] int64 solver iterations (0 when the uniform average already succeeds).
+        success: [B] bool, the termination criterion held at the returned image.
+        labels: [N] int64 teacher labels of the input images (argmax).
+        full_masks: [B,k,H,W] exact masks of blind mixers (CutMix boxes); None otherwise.
+        stats: teacher work done.
+    """
+
+    mixed: torch.Tensor
+    mask_logits: torch.Tensor | None
+    sources: torch.Tensor
+    weights: torch.Tensor
+    targets: torch.Tensor
+    probs: torch.Tensor | None
+    iters: torch.Tensor
+    success: torch.Tensor
+    labels: torch.Tensor | None = None
+    full_masks: torch.Tensor | None = None
+    stats: SolveStats = field(default_factory=SolveStats)
+
+    def masks(self) -> torch.Tensor:
+        """Normalised full-resolution masks [B,k,H,W] (eq. 4); they sum to 1 over k."""
+        if self.full_masks is not None:
+            return self.full_masks
+        if self.mask_logits is None:
+            raise ValueError("this MixResult has neither mask_logits nor full_masks")
+        return normalised_masks_ref(self.mask_logits.float(), tuple(self.mixed.shape[-2:]))
+
+    def __len__(self) -> int:
+        return self.mixed.shape[0]
+
+    def select(self, index: torch.Tensor) -> "MixResult":
+        """The samples at ``index`` (a bool mask or int64 indices over B)."""
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor) and f.name != "labels":
+                value = value[index]
+            picked[f.name] = value
+        return MixResult(**picked)
+
+    def summary(self) -> dict:
+        """Success rate, mean iterations (over all and over successful samples), counts."""
+        n = len(self)
+        ok = self.success
+        return {
+            "samples": n,
+            "success_rate": float(ok.float().mean()) if n else float("nan"),
+            "mean_iters": float(self.iters.float().mean()) if n else float("nan"),
+            "mean_iters_successful": float(self.iters[ok].float().mean()) if ok.any() else float("nan"),
+            "failed": int((~ok).sum()),
+        }
+
+
+# -------------------------------------------------------------------------------- sampling ----
+def _standard_gamma(shape: tuple[int, ...], alpha: float, generator, device) -> torch.Tensor:
+    """Gamma(alpha, 1) samples drawn with ``generator`` (Marsaglia and Tsang, 2000).
+
+    torch's own gamma sampler takes no generator, so seeded runs could not be reproduced.
+    """
+    boost = alpha < 1.0
+    a = alpha + 1.0 if boost else alpha
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty(shape, dtype=torch.float64, device=device)
+    todo = torch.ones(shape, dtype=torch.bool, device=device)
+    while bool(todo.any()):
+        x = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
+        u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+        v = (1.0 + c * x) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        take = todo & ok
+        out = torch.where(take, d * v, out)
+        todo &= ~ok
+    if boost:
+        u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+        out = out * u.pow(1.0 / alpha)
+    return out
+
+
+def sample_dirichlet(num: int, k: int, alpha: float, generator=None, device=None) -> torch.Tensor:
+    """[num, k] float32 samples of the symmetric Dirichlet(alpha * 1_k) (paper eq. 2)."""
+    device = generator.device if generator is not None else device
+    g = _standard_gamma((num, k), float(alpha), generator, device)
+    g = g.clamp_min(1e-300)
+    return (g / g.sum(dim=1, keepdim=True)).float()
+
+
+def cyclic_sources(n: int, k: int, generator=None, device=None) -> torch.Tensor:
+    """[n, k] distinct source indices per row: k cyclic shifts of one random permutation."""
+    device = generator.device if generator is not None else device
+    perm = torch.randperm(n, generator=generator, device=device)
+    shifts = (torch.arange(n, device=device).unsqueeze(1) + torch.arange(k, device=device)) % n
+    return perm[shifts]
+
+
+# ---------------------------------------------------------------------------- success rule ----
+def is_success(probs: torch.Tensor, present: torch.Tensor, num_present: torch.Tensor, k: int) -> torch.Tensor:
+    """Termination criterion (paper sec. 3): the top-u classes are the u distinct source labels.
+
+    Args:
+        probs: [A,n] teacher probabilities; present: [A,n] bool, the set's labels;
+        num_present: [A] u = number of distinct labels (<= k); k: set size.
+    """
+    top = probs.topk(min(k, probs.shape[1]), dim=1).indices
+    hit = present.gather(1, top)
+    within_u = torch.arange(top.shape[1], device=probs.device).unsqueeze(0) < num_present.unsqueeze(1)
+    return (hit | ~within_u).all(dim=1)
+
+
+# --------------------------------------------------------------------------------- losses ----
+def total_variation(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-sample TV of the full-resolution masks, (1/kWH) sum |grad m|_3^3 (paper sec. 4.4)."""
+    m = normalised_masks_ref(mask_logits, size)
+    k, (H, W) = m.shape[1], size
+    dy = (m[:, :, 1:, :] - m[:, :, :-1, :]).abs().pow(3).sum(dim=(1, 2, 3))
+    dx = (m[:, :, :, 1:] - m[:, :, :, :-1]).abs().pow(3).sum(dim=(1, 2, 3))
+    return (dx + dy) / (k * H * W)
+
+
+# --------------------------------------------------------------------------------- checks ----
+def _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mask_size, max_iters, method, lr):
+    if not isinstance(teacher, nn.Module) and not callable(teacher):
+        raise TypeError(f"solve: teacher must be an nn.Module or callable, got {type(teacher).__name__}")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        got = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"solve: images must be a tensor [N,C,H,W], got {got}")
+    if not images.is_floating_point():
+        raise TypeError(f"solve: images must be floating point, got {images.dtype}")
+    if method not in METHODS:
+        raise ValueError(f"solve: method must be one of {METHODS}, got {method!r}")
+    if not isinstance(k, int) or k < 2:
+        raise ValueError(f"solve: k must be an int >= 2, got {k!r}")
+    if k > images.shape[0]:
+        raise ValueError(f"solve: k={k} sources need a batch of at least k images, got N={images.shape[0]}")
+    for name, value, ok, expected in (
+        ("alpha", alpha, lambda v: v > 0, "> 0"),
+        ("lambda_s", lambda_s, lambda v: v >= 0, ">= 0"),
+        ("lambda_tv", lambda_tv, lambda v: v >= 0, ">= 0"),
+        ("sigma", sigma, lambda v: v >= 0, ">= 0"),
+        ("lr", lr, lambda v: v > 0, "> 0"),
+    ):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise ValueError(f"solve: {name} must be a finite number {expected}, got {value!r}")
+    if not isinstance(max_iters, int) or max_iters < 0:
+        raise ValueError(f"solve: max_iters must be an int >= 0, got {max_iters!r}")
+    h, w = mask_size
+    H, W = images.shape[-2:]
+    if not (1 <= h <= H and 1 <= w <= W):
+        raise ValueError(f"solve: mask_size must be between 1x1 and the image size {H}x{W}, got {h}x{w}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("solve: images must be finite, got NaN or infinite values")
+
+
+def _teacher_logits(teacher, x, autocast_dtype, channels_last) -> torch.Tensor:
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ctx = (
+        torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with ctx:
+        out = teacher(x)
+    return out.float()
+
+
+def _check_teacher_output(out, n: int) -> None:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n or out.shape[1] < 2:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"solve: teacher must map [N,C,H,W] to logits [N, classes>=2]; for N={n} it returned {got}")
+
+
+# ---------------------------------------------------------------------------------- solve ----
+def solve(
+    teacher,
+    images: torch.Tensor,
+    k: int = 2,
+    alpha: float = 3.0,
+    lambda_s: float = 25.0,
+    sigma: float = 1.0,
+    mask_size: int | tuple[int, int] = 8,
+    max_iters: int = 50,
+    method: str = "newton_sp",
+    generator: torch.Generator | None = None,
+    *,
+    lr: float = 0.1,
+    lambda_tv: float = 250.0,
+    sources: torch.Tensor | None = None,
+    backend: str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> MixResult:
+    """Mix a batch with SuperMix (Algorithm 1) or one of the Table 4 baselines.
+
+    Args:
+        teacher: any module mapping images [N,C,H,W] to class logits [N,n]; run in eval mode.
+        images: [N,C,H,W] float images as the teacher consumes them (normalised).
+        k: sources per mixed image (2 <= k <= N).
+        alpha: Dirichlet concentration of the mixing weights r (eq. 2).
+        lambda_s: weight of the sparsity loss (eq. 5).
+        sigma: Gaussian smoothing of the Newton direction in grid cells (eq. 7).
+        mask_size: h (square) or (h, w) of the mask-logit grid.
+        max_iters: iteration cap; unfinished samples come back with ``success=False``.
+        method: ``"newton_sp"`` | ``"newton"`` | ``"sgd"``.
+        generator: random source for the sets and the weights (on the images' device).
+        lr: SGD learning rate (``method="sgd"``; the paper's 0.1 is the default).
+        lambda_tv: TV weight of the baselines' loss (paper sec. 4.4: 250).
+        sources: optional [N,k] source indices; default: cyclic shifts of a random permutation.
+        backend: kernel backend for ``mix`` and ``newton_step`` (see ``supermix_ext.ops``).
+        autocast_dtype: run the teacher under autocast in this dtype (bf16/fp16).
+        channels_last: feed the teacher channels_last tensors.
+
+    Returns:
+        A ``MixResult`` with one mixed image per input image.
+    """
+    if isinstance(mask_size, int):
+        mask_size = (mask_size, mask_size)
+    mask_size = tuple(int(s) for s in mask_size)
+    _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mask_size, max_iters, method, lr)
+    start = time.perf_counter()
+    device = images.device
+    n_images = images.shape[0]
+    resolve_backend(device, backend)  # fail early on an unusable backend
+    stats = SolveStats()
+    was_training = getattr(teacher, "training", False)
+    if isinstance(teacher, nn.Module):
+        teacher.eval()
+    try:
+        with torch.no_grad():
+            source_logits = _teacher_logits(teacher, images, autocast_dtype, channels_last)
+        _check_teacher_output(source_logits, n_images)
+        stats.forward_calls += 1
+        stats.forward_samples += n_images
+        labels = source_logits.argmax(dim=1)
+        n_classes = source_logits.shape[1]
+
+        if sources is None:
+            sources = cyclic_sources(n_images, k, generator, device).to(device)
+        elif sources.shape != (n_images, k):
+            raise ValueError(f"solve: sources must have shape [N={n_images}, k={k}], got {list(sources.shape)}")
+        sources = sources.to(device=device, dtype=torch.long)
+        weights = sample_dirichlet(n_images, k, alpha, generator, device).to(device)
+        source_labels = labels[sources]
+        targets = torch.zeros(n_images, n_classes, device=device).scatter_add_(1, source_labels, weights)
+        present = torch.zeros(n_images, n_classes, dtype=torch.bool, device=device)
+        present.scatter_(1, source_labels, True)
+        num_present = present.sum(dim=1)
+
+        result = _iterate(
+            teacher, images, sources, targets, present, num_present, k, lambda_s, lambda_tv, sigma,
+            mask_size, max_iters, method, lr, backend, autocast_dtype, channels_last, stats,
+        )
+    finally:
+        if isinstance(teacher, nn.Module) and was_training:
+            teacher.train()
+    mixed, mask_logits, probs, iters, success = result
+    stats.seconds = time.perf_counter() - start
+    return MixResult(
+        mixed=mixed, mask_logits=mask_logits, sources=sources, weights=weights, targets=targets,
+        probs=probs, iters=iters, success=success, labels=labels, stats=stats,
+    )
+
+
+def _iterate(teacher, images, sources, targets, present, num_present, k, lambda_s, lambda_tv, sigma,
+             mask_size, max_iters, method, lr, backend, autocast_dtype, channels_last, stats):
+    """The shared loop: check, then step, on the active samples only."""
+    device = images.device
+    B = sources.shape[0]
+    H, W = images.shape[-2:]
+    logits_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    mask_logits = torch.zeros(B, k, *mask_size, dtype=logits_dtype, device=device)
+    mixed_out = torch.empty(B, *images.shape[1:], dtype=images.dtype, device=device)
+    probs_out = torch.empty(B, targets.shape[1], device=device)
+    iters = torch.zeros(B, dtype=torch.long, device=device)
+    success = torch.zeros(B, dtype=torch.bool, device=device)
+    active = torch.arange(B, device=device)
+    stacked = images[sources]  # [B,k,C,H,W]
+
+    for t in range(max_iters + 1):
+        logits = mask_logits[active].requires_grad_(True)
+        with torch.enable_grad():
+            mixed, sparsity = mix(stacked[active], logits, backend=backend)
+            out = _teacher_logits(teacher, mixed, autocast_dtype, channels_last)
+        stats.forward_calls += 1
+        stats.forward_samples += active.numel()
+        log_probs = F.log_softmax(out, dim=1)
+        probs = log_probs.detach().exp()
+        done = is_success(probs, present[active], num_present[active], k)
+        mixed_out[active] = mixed.detach()
+        probs_out[active] = probs
+        success[active] = done
+        going = ~done
+        if t == max_iters or not bool(going.any()):
+            break
+
+        with torch.enable_grad():
+            loss = F.kl_div(log_probs, targets[active], reduction="none").sum(dim=1) + lambda_s * sparsity
+            if method != "newton_sp":
+                loss = loss + lambda_tv * total_variation(logits, (H, W))
+            (grad,) = torch.autograd.grad(loss.sum(), [logits])
+        stats.backward_calls += 1
+        stats.backward_samples += active.numel()
+        with torch.no_grad():
+            logits = logits.detach()
+            if method == "sgd":
+                updated = torch.where(going.view(-1, 1, 1, 1), logits - lr * grad, logits)
+            else:
+                step_sigma = float(sigma) if method == "newton_sp" else 0.0
+                updated = newton_step(logits, grad, loss.detach(), going, step_sigma, backend=backend)
+            mask_logits[active] = updated
+            iters[active[going]] += 1
+            active = active[going]
+    return mixed_out, mask_logits.float(), probs_out, iters, success
