@@ -1,0 +1,398 @@
+"""Triton mix: the fused forward and backward of SuperMix's mask mixing (paper eq. 1, 4, 5).
+
+Four layers: the ``@triton.jit`` kernels, the host launchers (block sizes, grids, buffers), the
+custom ops ``supermix::mix_triton`` / ``supermix::mix_backward_triton``, and the public
+functions. Autograd is not registered here: ``supermix_ext.ops`` ties the two ops together.
+
+Neither direction materialises the k full-resolution masks: one program owns a block of output
+pixels of one sample and recomputes the masks of its pixels from the h x w logits.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import wrap_triton
+
+from ._common import INTERPRETED, check, check_device, register_op
+
+__all__ = ["mix_triton", "mix_backward_triton"]
+
+_IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _round_to_bf16(x):
+    """float32 -> bfloat16, round to nearest even, by integer arithmetic.
+
+    Used under the interpreter only: its own float32 -> bfloat16 cast truncates (GPUs round to
+    nearest even, as torch does).
+    """
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+    rounded = tl.where(x != x, (bits >> 16) | 0x40, rounded)  # NaN stays a quiet NaN
+    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _cast_for_store(x, dtype: tl.constexpr, MANUAL_BF16: tl.constexpr):
+    """float32 ``x`` in the output dtype; ``MANUAL_BF16`` rounds bfloat16 by hand."""
+    if MANUAL_BF16:
+        return _round_to_bf16(x)
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
+def _source_index(dst, scale, in_size):
+    """Bilinear source cells and weights of output indices ``dst`` (align_corners=False).
+
+    As ATen's upsample_bilinear2d: src = max(scale * (dst + 0.5) - 0.5, 0), scale = in/out,
+    i0 = floor(src) (at most in_size - 1), i1 = i0 + (i0 < in_size - 1), l1 = src - i0,
+    l0 = 1 - l1. Returns (i0, i1, l0, l1).
+    """
+    src = scale * (dst.to(tl.float32) + 0.5) - 0.5
+    src = tl.maximum(src, 0.0)
+    i0 = tl.minimum(src.to(tl.int32), in_size - 1)  # src >= 0: truncation is floor
+    l1 = tl.minimum(tl.maximum(src - i0.to(tl.float32), 0.0), 1.0)
+    i1 = i0 + (i0 < in_size - 1).to(tl.int32)
+    return i0, i1, 1.0 - l1, l1
+
+
+@triton.jit
+def _mask_tile(logits_ptr, ks, kmask, pmask, y, x, h, w, scale_h, scale_w):
+    """Sigmoids and normalised masks of a [BLOCK_K, BLOCK_P] tile (sources x pixels).
+
+    z_i(u) = bilinear upsample of logits_i at u, s_i = sigmoid(z_i), m_i = s_i / sum_j s_j.
+    Rows i >= K and masked pixels hold s = m = 0. ``logits_ptr`` points at the sample's
+    [K,h,w] block. Returns (s, m, y0, y1, ly0, ly1, x0, x1, lx0, lx1).
+    """
+    y0, y1, ly0, ly1 = _source_index(y, scale_h, h)
+    x0, x1, lx0, lx1 = _source_index(x, scale_w, w)
+    mask = kmask[:, None] & pmask[None, :]
+    plane = logits_ptr + ks[:, None] * (h * w)
+    v00 = tl.load(plane + (y0 * w + x0)[None, :], mask=mask, other=0.0)
+    v01 = tl.load(plane + (y0 * w + x1)[None, :], mask=mask, other=0.0)
+    v10 = tl.load(plane + (y1 * w + x0)[None, :], mask=mask, other=0.0)
+    v11 = tl.load(plane + (y1 * w + x1)[None, :], mask=mask, other=0.0)
+    # Same grouping as ATen: h0 * (w0 * a + w1 * b) + h1 * (w0 * c + w1 * d).
+    z = ly0[None, :] * (lx0[None, :] * v00 + lx1[None, :] * v01) + ly1[None, :] * (
+        lx0[None, :] * v10 + lx1[None, :] * v11
+    )
+    s = tl.where(mask, 1.0 / (1.0 + tl.exp(-z)), 0.0)
+    total = tl.sum(s, axis=0)
+    total = tl.where(pmask, total, 1.0)  # padded pixels: avoid 0 / 0
+    m = s / total[None, :]
+    return s, m, y0, y1, ly0, ly1, x0, x1, lx0, lx1
+
+
+@triton.jit
+def _mix_fwd_kernel(
+    images_ptr,  # [B,K,C,H,W] float32 / float16 / bfloat16, contiguous
+    logits_ptr,  # [B,K,h,w] float32, contiguous
+    mixed_ptr,  # [B,C,H,W] images' dtype
+    partial_ptr,  # [B, num_blocks] float32: per-program sums of |m (m - 1)|
+    H,
+    W,
+    h,
+    w,
+    scale_h,
+    scale_w,
+    num_blocks,
+    K: tl.constexpr,
+    C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    MANUAL_BF16: tl.constexpr,
+):
+    """Fused SuperMix forward over one block of BLOCK_P pixels u of sample b.
+
+    z_i(u) = bilinear(logits_i)(u)  (align_corners=False),  s_i = sigmoid(z_i),
+    m_i = s_i / sum_j s_j,          mixed_c(u) = sum_i m_i(u) x_ic(u),
+    partial[b, block] = sum_{i, u in block} |m_i(u) (m_i(u) - 1)|
+    (the launcher divides the row sum of ``partial`` by K*H*W: sparsity, paper eq. 5).
+    Images are read in their dtype and accumulated in float32.
+    """
+    b = tl.program_id(0).to(tl.int64)  # samples on axis 0: no 65535 limit on B
+    pid_p = tl.program_id(1)
+    HW = H * W
+    offs = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = offs < HW
+    y = offs // W
+    x = offs % W
+    ks = tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    mask = kmask[:, None] & pmask[None, :]
+
+    s, m, y0, y1, ly0, ly1, x0, x1, lx0, lx1 = _mask_tile(
+        logits_ptr + b * (K * h * w), ks, kmask, pmask, y, x, h, w, scale_h, scale_w
+    )
+
+    image_rows = images_ptr + b * (K * C * HW) + ks[:, None] * (C * HW) + offs[None, :]
+    mixed_row = mixed_ptr + b * (C * HW) + offs
+    for c in tl.static_range(C):
+        xc = tl.load(image_rows + c * HW, mask=mask, other=0.0).to(tl.float32)
+        mixed = tl.sum(m * xc, axis=0)
+        mixed = _cast_for_store(mixed, mixed_ptr.dtype.element_ty, MANUAL_BF16)
+        tl.store(mixed_row + c * HW, mixed, mask=pmask)
+
+    sparse = tl.where(mask, tl.abs(m * (m - 1.0)), 0.0)
+    tl.store(partial_ptr + b * num_blocks + pid_p, tl.sum(tl.sum(sparse, axis=1), axis=0))
+
+
+@triton.jit
+def _mix_bwd_kernel(
+    grad_mixed_ptr,  # [B,C,H,W] any float dtype, contiguous
+    grad_sparsity_ptr,  # [B] float32
+    images_ptr,  # [B,K,C,H,W]
+    logits_ptr,  # [B,K,h,w] float32
+    grad_images_ptr,  # [B,K,C,H,W] images' dtype (unused unless NEED_IMAGES_GRAD)
+    grad_logits_ptr,  # [B,K,h,w] float32, zero-initialised, accumulated with atomics
+    H,
+    W,
+    h,
+    w,
+    scale_h,
+    scale_w,
+    K: tl.constexpr,
+    C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    NEED_IMAGES_GRAD: tl.constexpr,
+    MANUAL_BF16: tl.constexpr,
+):
+    """Fused SuperMix backward over one block of BLOCK_P pixels u of sample b.
+
+    With gm = grad_mixed, gs = grad_sparsity[b], N = K*H*W:
+      G_i(u)  = sum_c gm_c(u) x_ic(u) + gs * sign(m_i (m_i - 1)) * (2 m_i - 1) / N
+      Gbar(u) = sum_i m_i G_i
+      dz_i(u) = m_i (1 - s_i) (G_i - Gbar)                (through m = s / sum s, s = sigmoid z)
+      grad_logits_i += adjoint of the bilinear upsample of dz_i: dz_i(u) * l_y l_x added to the
+                       4 source cells (y0|y1, x0|x1) of u (both weights land on one cell at the
+                       border, where y0 == y1)
+      grad_images_ic(u) = gm_c(u) m_i(u)
+    """
+    b = tl.program_id(0).to(tl.int64)  # samples on axis 0: no 65535 limit on B
+    pid_p = tl.program_id(1)
+    HW = H * W
+    offs = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = offs < HW
+    y = offs // W
+    x = offs % W
+    ks = tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    mask = kmask[:, None] & pmask[None, :]
+
+    s, m, y0, y1, ly0, ly1, x0, x1, lx0, lx1 = _mask_tile(
+        logits_ptr + b * (K * h * w), ks, kmask, pmask, y, x, h, w, scale_h, scale_w
+    )
+
+    image_rows = images_ptr + b * (K * C * HW) + ks[:, None] * (C * HW) + offs[None, :]
+    grad_image_rows = grad_images_ptr + b * (K * C * HW) + ks[:, None] * (C * HW) + offs[None, :]
+    grad_mixed_row = grad_mixed_ptr + b * (C * HW) + offs
+    G = tl.zeros([BLOCK_K, BLOCK_P], dtype=tl.float32)
+    for c in tl.static_range(C):
+        gm = tl.load(grad_mixed_row + c * HW, mask=pmask, other=0.0).to(tl.float32)
+        xc = tl.load(image_rows + c * HW, mask=mask, other=0.0).to(tl.float32)
+        G += gm[None, :] * xc
+        if NEED_IMAGES_GRAD:
+            grad_xc = gm[None, :] * m
+            tl.store(
+                grad_image_rows + c * HW,
+                _cast_for_store(grad_xc, grad_images_ptr.dtype.element_ty, MANUAL_BF16),
+                mask=mask,
+            )
+
+    # d/dm of mean |m (m - 1)|: sign(p) (2m - 1) / N; sign(0) = 0 as torch.abs's backward.
+    gs = tl.load(grad_sparsity_ptr + b) / (K * HW * 1.0)
+    p = m * (m - 1.0)
+    sign = tl.where(p > 0.0, 1.0, tl.where(p < 0.0, -1.0, 0.0))
+    G += gs * sign * (2.0 * m - 1.0)
+
+    g_bar = tl.sum(m * G, axis=0)
+    dz = tl.where(mask, m * (1.0 - s) * (G - g_bar[None, :]), 0.0)
+
+    # Relaxed atomics: nothing reads grad_logits before the kernel ends.
+    gl = grad_logits_ptr + b * (K * h * w) + ks[:, None] * (h * w)
+    tl.atomic_add(gl + (y0 * w + x0)[None, :], dz * (ly0 * lx0)[None, :], mask=mask, sem="relaxed")
+    tl.atomic_add(gl + (y0 * w + x1)[None, :], dz * (ly0 * lx1)[None, :], mask=mask, sem="relaxed")
+    tl.atomic_add(gl + (y1 * w + x0)[None, :], dz * (ly1 * lx0)[None, :], mask=mask, sem="relaxed")
+    tl.atomic_add(gl + (y1 * w + x1)[None, :], dz * (ly1 * lx1)[None, :], mask=mask, sem="relaxed")
+
+
+# --------------------------------------------------------------------------------------------
+# Host launchers
+# --------------------------------------------------------------------------------------------
+def _check_mix_args(op: str, images: Tensor, logits: Tensor) -> None:
+    check(images.dim() == 5, f"supermix::{op}: images must be [B,k,C,H,W], got shape {tuple(images.shape)}")
+    check(logits.dim() == 4, f"supermix::{op}: logits must be [B,k,h,w], got shape {tuple(logits.shape)}")
+    B, k, _, H, W = images.shape
+    check(
+        tuple(logits.shape[:2]) == (B, k),
+        f"supermix::{op}: logits must be [B,k,h,w] = [{B},{k},h,w] to match images, "
+        f"got {tuple(logits.shape)}",
+    )
+    check(k >= 2, f"supermix::{op}: k (images.shape[1]) must be >= 2, got {k}")
+    h, w = logits.shape[2:]
+    check(
+        1 <= h <= H and 1 <= w <= W,
+        f"supermix::{op}: logits grid h x w must be within 1..H x 1..W = {H} x {W}, got {h} x {w}",
+    )
+    check(
+        images.dtype in _IMAGE_DTYPES,
+        f"supermix::{op}: images must be float32, float16 or bfloat16, got {images.dtype}",
+    )
+    check(logits.dtype == torch.float32, f"supermix::{op}: logits must be float32, got {logits.dtype}")
+    check(
+        images.device == logits.device,
+        f"supermix::{op}: images and logits must be on one device, got {images.device} and {logits.device}",
+    )
+    check_device(images, "images", op)
+
+
+def _pixel_block(HW: int, k: int) -> tuple[int, int, int]:
+    """(BLOCK_K, BLOCK_P, num_warps): a [BLOCK_K, BLOCK_P] tile of sources x pixels."""
+    block_k = triton.next_power_of_2(k)
+    # The interpreter pays per program, not per element: give it big tiles.
+    max_tile = 16384 if INTERPRETED else 4096
+    block_p = min(triton.next_power_of_2(HW), max(16, max_tile // block_k))
+    num_warps = 4 if block_k * block_p <= 2048 else 8
+    return block_k, block_p, num_warps
+
+
+def _manual_bf16(images: Tensor) -> bool:
+    return INTERPRETED and images.dtype == torch.bfloat16
+
+
+def _mix_forward(images: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+    _check_mix_args("mix_triton", images, logits)
+    images = images.contiguous()
+    logits = logits.contiguous()
+    B, k, C, H, W = images.shape
+    h, w = logits.shape[2:]
+    block_k, block_p, num_warps = _pixel_block(H * W, k)
+    num_blocks = triton.cdiv(H * W, block_p)
+    mixed = torch.empty((B, C, H, W), dtype=images.dtype, device=images.device)
+    partial = torch.empty((B, num_blocks), dtype=torch.float32, device=images.device)
+    if B == 0:
+        return mixed, partial.sum(dim=1)
+    wrap_triton(_mix_fwd_kernel)[(B, num_blocks)](
+        images, logits, mixed, partial,
+        H, W, h, w, h / H, w / W, num_blocks,
+        K=k, C=C, BLOCK_K=block_k, BLOCK_P=block_p,
+        MANUAL_BF16=_manual_bf16(images), num_warps=num_warps,
+    )  # fmt: skip
+    # A second reduction instead of atomics keeps the sparsity deterministic.
+    sparsity = partial.sum(dim=1) / (k * H * W)
+    return mixed, sparsity
+
+
+def _mix_backward(
+    grad_mixed: Tensor, grad_sparsity: Tensor, images: Tensor, logits: Tensor, need_images_grad: bool
+) -> tuple[Tensor, Tensor]:
+    _check_mix_args("mix_backward_triton", images, logits)
+    B, k, C, H, W = images.shape
+    h, w = logits.shape[2:]
+    check(
+        tuple(grad_mixed.shape) == (B, C, H, W),
+        f"supermix::mix_backward_triton: grad_mixed must be [{B},{C},{H},{W}], got {tuple(grad_mixed.shape)}",
+    )
+    check(
+        tuple(grad_sparsity.shape) == (B,),
+        f"supermix::mix_backward_triton: grad_sparsity must be [{B}], got {tuple(grad_sparsity.shape)}",
+    )
+    images = images.contiguous()
+    logits = logits.contiguous()
+    grad_mixed = grad_mixed.contiguous()
+    grad_sparsity = grad_sparsity.to(torch.float32).contiguous()
+    block_k, block_p, num_warps = _pixel_block(H * W, k)
+    num_blocks = triton.cdiv(H * W, block_p)
+    grad_logits = torch.zeros((B, k, h, w), dtype=torch.float32, device=logits.device)
+    if need_images_grad:
+        grad_images = torch.empty((B, k, C, H, W), dtype=images.dtype, device=images.device)
+    else:
+        grad_images = torch.empty((0,), dtype=images.dtype, device=images.device)
+    if B == 0:
+        return grad_images, grad_logits
+    wrap_triton(_mix_bwd_kernel)[(B, num_blocks)](
+        grad_mixed, grad_sparsity, images, logits, grad_images, grad_logits,
+        H, W, h, w, h / H, w / W,
+        K=k, C=C, BLOCK_K=block_k, BLOCK_P=block_p,
+        NEED_IMAGES_GRAD=need_images_grad, MANUAL_BF16=_manual_bf16(images),
+        num_warps=num_warps,
+    )  # fmt: skip
+    return grad_images, grad_logits
+
+
+# --------------------------------------------------------------------------------------------
+# Custom ops (fake kernels: shapes only, used under the interpreter; triton_op traces the
+# launcher itself instead)
+# --------------------------------------------------------------------------------------------
+def _mix_fake(images: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+    _check_mix_args("mix_triton", images, logits)
+    B, _, C, H, W = images.shape
+    return images.new_empty((B, C, H, W)), logits.new_empty((B,), dtype=torch.float32)
+
+
+def _mix_backward_fake(
+    grad_mixed: Tensor, grad_sparsity: Tensor, images: Tensor, logits: Tensor, need_images_grad: bool
+) -> tuple[Tensor, Tensor]:
+    _check_mix_args("mix_backward_triton", images, logits)
+    grad_images = images.new_empty(images.shape if need_images_grad else (0,))
+    return grad_images, logits.new_empty(logits.shape, dtype=torch.float32)
+
+
+@register_op("supermix::mix_triton", _mix_fake)
+def _mix_op(images: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+    return _mix_forward(images, logits)
+
+
+@register_op("supermix::mix_backward_triton", _mix_backward_fake)
+def _mix_backward_op(
+    grad_mixed: Tensor, grad_sparsity: Tensor, images: Tensor, logits: Tensor, need_images_grad: bool
+) -> tuple[Tensor, Tensor]:
+    return _mix_backward(grad_mixed, grad_sparsity, images, logits, need_images_grad)
+
+
+# --------------------------------------------------------------------------------------------
+# Public functions
+# --------------------------------------------------------------------------------------------
+def mix_triton(images: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Mix k images through sigmoid-normalised, bilinearly upsampled masks (Triton).
+
+    Args:
+        images: [B,k,C,H,W] float32 / float16 / bfloat16.
+        logits: [B,k,h,w] float32, h <= H, w <= W.
+
+    Returns:
+        mixed [B,C,H,W] in images' dtype, sparsity [B] float32 (as ``reference.mix_ref``).
+        Not differentiable by itself: ``supermix_ext.ops`` registers the autograd formula.
+    """
+    return torch.ops.supermix.mix_triton(images, logits)
+
+
+def mix_backward_triton(
+    grad_mixed: Tensor,
+    grad_sparsity: Tensor,
+    images: Tensor,
+    logits: Tensor,
+    need_images_grad: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Backward of ``mix_triton`` in one fused pass over the output pixels.
+
+    Args:
+        grad_mixed: [B,C,H,W] gradient of the loss with respect to ``mixed``.
+        grad_sparsity: [B] gradient with respect to ``sparsity`` (zeros if unused).
+        images, logits: the forward's inputs.
+        need_images_grad: compute grad_images (else an empty [0] tensor is returned for it).
+
+    Returns:
+        grad_images [B,k,C,H,W] in images' dtype (or [0]), grad_logits [B,k,h,w] float32.
+    """
+    return torch.ops.supermix.mix_backward_triton(
+        grad_mixed, grad_sparsity, images, logits, need_images_grad
+    )
