@@ -9,3 +9,6 @@ RATIOS: list[tuple[str, str, str, float | None]] = []
 
 def record(benchmark, group: str, provider: str, **extra) -> None:
     RESULTS[(group, provider)] = {"median": benchmark.stats.stats.median, **extra}
+
+# Rows of the solver table (paper Table 4 on this machine), printed by conftest.
+SOLVER_ROWS: list[dict] = []

@@ -11,13 +11,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "0")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from benchutil import RATIOS, RESULTS  # noqa: E402
+from benchutil import RATIOS, RESULTS, SOLVER_ROWS  # noqa: E402
 
 
 def pytest_terminal_summary(terminalreporter):
+    write = terminalreporter.write_line
+    if SOLVER_ROWS:
+        from bench_solver import print_solver_table
+
+        print_solver_table(write)
     if not RESULTS:
         return
-    write = terminalreporter.write_line
     write("")
     write("supermix benchmark summary (median times, ratios measured in this run)")
     write(f"{'group':<34}{'provider':<12}{'median ms':>12}{'saved MB':>10}")
