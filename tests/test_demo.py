@@ -1,0 +1,115 @@
+"""``supermix demo`` and the figure code in ``supermix.viz``."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from supermix import cli
+from supermix.checkpoint import default_teacher_path, save_checkpoint
+from supermix.demo import run_demo
+from supermix.viz import MixRow, render_rows, topk_lines
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread, as the subprocesses get: on a shared 2-core machine two threads
+    per process can make the teacher's convolutions many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    paths = [str(REPO / "python"), str(REPO)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.pop("SUPERMIX_BACKEND", None)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    from supermix import models
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "tiny.pt"
+    save_checkpoint(path, models.create("resnet8", num_classes=10, in_channels=1),
+                    {"arch": "resnet8", "num_classes": 10, "in_channels": 1})
+    return path
+
+
+def test_demo_with_shipped_teacher(tmp_path):
+    """``supermix demo`` as a user runs it: no arguments but where to write the picture."""
+    override = os.environ.get("SUPERMIX_TEST_TEACHER")  # another trained teacher to test with
+    if not override and not default_teacher_path().is_file():
+        pytest.skip(f"the shipped teacher {default_teacher_path()} has not been trained yet")
+    out = tmp_path / "demo.png"
+    extra = ["--teacher", override] if override else []
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "supermix", "demo", "--out", str(out), *extra],
+                          env=_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    text = proc.stdout
+    assert re.search(r"backend (cpp|reference|triton)", text), text
+    rows = {}
+    for name in ("SuperMix", "MixUp", "CutMix"):
+        match = re.search(rf"^{name}\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)$", text, re.M)
+        assert match, f"no figures for {name} in:\n{text}"
+        rows[name] = tuple(float(v) for v in match.groups())
+    iters, success, speed = rows["SuperMix"]
+    assert 0 <= iters <= 50 and speed > 0
+    # The paper's claim in miniature: the teacher sees all sources in SuperMix images far more
+    # often than in blind mixes.
+    assert success >= 50.0, text
+    assert success > rows["MixUp"][1] + 20 and success > rows["CutMix"][1] + 20, text
+    assert seconds < 60, f"demo took {seconds:.0f} s"
+
+
+def test_run_demo_figures(tmp_path, tiny_teacher):
+    lines: list[str] = []
+    figures = run_demo(out=str(tmp_path / "d.png"), teacher=str(tiny_teacher), batch_size=12,
+                       rows=2, device="cpu", print_fn=lines.append)
+    assert (tmp_path / "d.png").read_bytes()[:8] == PNG_MAGIC
+    assert set(figures["mixers"]) == {"supermix", "mixup", "cutmix"}
+    for f in figures["mixers"].values():
+        assert 0.0 <= f["success_rate"] <= 1.0 and f["images_per_s"] > 0 and f["mean_iters"] >= 0
+    assert figures["backend"] in ("cpp", "reference", "triton")
+    printed = "\n".join(lines)
+    assert "images/s" in printed and f"backend {figures['backend']}" in printed
+
+
+def test_demo_bad_teacher_is_one_line_exit_2(tmp_path, capsys):
+    assert cli.main(["demo", "--teacher", str(tmp_path / "none.pt"),
+                     "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("supermix: error: --teacher: no file at") and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_render_rows_without_sources_or_masks(tmp_path):
+    rows = [MixRow(group="a", mixed=torch.rand(3, 10, 12), lines=["x"]),
+            MixRow(group="b", mixed=torch.rand(1, 10, 12), sources=[torch.rand(1, 10, 12)] * 2,
+                   masks=[torch.rand(10, 12)] * 2, source_titles=["s0", "s1"])]
+    path = render_rows(rows, tmp_path / "sub" / "grid.png", title="t")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert not list((tmp_path / "sub").glob(".*.tmp"))
+
+
+def test_topk_lines_names_and_order():
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    assert topk_lines(probs, ["a", "b", "c"], 2) == ["b 0.60", "c 0.30"]

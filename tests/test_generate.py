@@ -1,0 +1,504 @@
+"""``supermix generate``, ``MixedDataset`` and ``supermix show``.
+
+End-to-end runs use the shipped teacher (skipped, with the reason, where it has not been trained);
+the file-format, resume and error checks use a tiny random teacher so they always run. Sizes are
+small: the whole file runs in about a minute on two CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from supermix import cli
+from supermix import generate as gen
+from supermix.checkpoint import default_teacher_path, save_checkpoint
+from supermix.generated import CorruptShardError, MixedDataset, verify_generated
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread, as the subprocesses get: on a shared 2-core machine two threads
+    per process can make the teacher's convolutions many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    paths = [str(REPO / "python"), str(REPO)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    # One thread per process: light on a shared machine, and the same float reductions in the
+    # single-process and torchrun runs that are compared byte for byte.
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("SUPERMIX_BACKEND", None)
+    return env
+
+
+def _supermix(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "supermix", *args], env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _shard_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: gen.sha256_file(p) for p in sorted(folder.glob("shard-*.safetensors"))}
+
+
+def _check_manifest(folder: Path, size: int) -> dict:
+    """The manifest is complete, lists every shard once with the right count and sha256."""
+    manifest = json.loads((folder / gen.MANIFEST).read_text())
+    assert manifest["complete"] is True
+    quotas = gen.shard_quotas(size, manifest["config"]["shard_size"])
+    assert [e["shard"] for e in manifest["shards"]] == list(range(len(quotas)))
+    assert [e["count"] for e in manifest["shards"]] == quotas
+    for e in manifest["shards"]:
+        assert gen.sha256_file(folder / e["file"]) == e["sha256"], e["file"]
+    on_disk = sorted(p.name for p in folder.glob("shard-*.safetensors"))
+    assert on_disk == [e["file"] for e in manifest["shards"]]
+    assert not list(folder.glob(".*.tmp")), "temporary files left behind"
+    totals = manifest["totals"]
+    assert totals["kept"] == size
+    assert totals["generated"] >= size
+    for key in ("success_rate", "mean_iters", "failed_dropped"):
+        assert key in totals
+    for key in ("k", "alpha", "lambda_s", "sigma", "mask_size", "seed", "max_iters", "mixer"):
+        assert key in manifest["config"]
+    assert manifest["teacher"]["sha256"] and manifest["data"]["size"] > 0
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A random ResNet-8 for 1x28x28 Fashion-MNIST (it predicts nearly one class: every mix
+    'succeeds' at once, which is all the format and resume checks need)."""
+    from supermix import models
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "tiny.pt"
+    net = models.create("resnet8", num_classes=10, in_channels=1)
+    save_checkpoint(path, net, {"arch": "resnet8", "num_classes": 10, "in_channels": 1,
+                                "data": "fashion-mnist", "input_size": [1, 28, 28]})
+    return path
+
+
+def _trained_teacher() -> Path:
+    """The shipped teacher, or the checkpoint named by SUPERMIX_TEST_TEACHER (to run these tests
+    against another trained Fashion-MNIST teacher)."""
+    return Path(os.environ.get("SUPERMIX_TEST_TEACHER") or default_teacher_path())
+
+
+@pytest.fixture(scope="session")
+def real_teacher() -> Path:
+    path = _trained_teacher()
+    if not path.is_file():
+        pytest.skip(f"the shipped teacher {path} has not been trained yet "
+                    f"(supermix train-teacher writes it)")
+    return path
+
+
+def _generate(out: Path, teacher: Path, size: int, **kw):
+    kw.setdefault("shard_size", 16)
+    kw.setdefault("batch_size", 16)
+    kw.setdefault("max_iters", 10)
+    kw.setdefault("device", "cpu")
+    kw.setdefault("progress", False)
+    return gen.generate(out, size, teacher=teacher, log=lambda msg: None, **kw)
+
+
+# ------------------------------------------------------------------------------ end to end ----
+def test_generate_real_teacher_end_to_end(tmp_path, real_teacher):
+    size = 32
+    manifest = _generate(tmp_path, real_teacher, size, shard_size=16, batch_size=16)
+    _check_manifest(tmp_path, size)
+    assert manifest["config"]["mixer"] == "supermix"
+    assert manifest["totals"]["kept"] == size
+    ds = MixedDataset(tmp_path)
+    assert len(ds) == size
+    sources = ds.read_field("sources")
+    r = ds.read_field("r")
+    assert sources.shape == (size, 2) and sources.dtype == torch.int64
+    assert bool((sources[:, 0] != sources[:, 1]).all()), "a sample mixes an image with itself"
+    assert 0 <= int(sources.min()) and int(sources.max()) < 60000
+    # No sample twice: (sources, r) identify a sample.
+    keys = {tuple(s) + tuple(w) for s, w in zip(sources.tolist(), r.tolist())}
+    assert len(keys) == size
+    success = ds.read_field("success")
+    assert bool(success.all()), "failures must be dropped without --keep-failed"
+    mixed = ds.read_field("mixed")
+    assert mixed.dtype == torch.uint8 and mixed.shape == (size, 1, 28, 28)
+    logits = ds.read_field("mask_logits")
+    assert logits.shape == (size, 2, 8, 8)
+    torch.testing.assert_close(ds.read_field("y_hat").sum(1), torch.ones(size))
+    torch.testing.assert_close(ds.read_field("teacher_probs").sum(1), torch.ones(size))
+    iters = ds.read_field("iters")
+    assert int(iters.max()) <= 10
+    t = manifest["totals"]
+    assert t["generated"] == t["kept"] + t["failed_dropped"] + t["surplus_dropped"]
+    assert t["images_per_s"] > 0
+
+
+def test_mixed_image_is_the_stored_masks_applied_to_the_sources(tmp_path, real_teacher):
+    """What is stored is self-consistent: mixing the data set's sources with the stored mask
+    logits gives the stored image (up to uint8 rounding)."""
+    from supermix import data as sdata
+    from supermix_ext.reference import mix_ref
+
+    _generate(tmp_path, real_teacher, 8, shard_size=8, batch_size=8)
+    ds = MixedDataset(tmp_path)
+    images, _ = sdata.load_uint8("fashion-mnist", train=True)
+    src = images[ds.read_field("sources")].float() / 255  # [B,k,1,28,28] in pixel space
+    mixed, _ = mix_ref(src, ds.read_field("mask_logits"))
+    stored = ds.read_field("mixed").float() / 255
+    assert (mixed - stored).abs().max() <= 0.5 / 255 + 1e-5
+
+
+def test_kill_minus_9_then_resume(tmp_path, real_teacher):
+    """kill -9 after the first shard lands, rerun the same command: the set equals an
+    uninterrupted run's, byte for byte; nothing lost, nothing duplicated."""
+    # SGD at the paper's learning rate converges slowly: every batch runs its 25 iterations,
+    # so the run is slow enough to be caught between shards.
+    args = ["generate", "--teacher", str(real_teacher), "--size", "48", "--shard-size", "16",
+            "--batch-size", "16", "--method", "sgd", "--max-iters", "25", "--keep-failed",
+            "--seed", "7", "--device", "cpu"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([PYTHON, "-m", "supermix", *args, "--out", str(killed)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / gen.shard_name(0)
+    deadline = time.monotonic() + 240
+    try:
+        while not first.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"generate ended (rc {proc.returncode}) or stalled before shard 0")
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / gen.shard_name(2)).exists(), "the run finished before it was killed"
+    manifest = json.loads((killed / gen.MANIFEST).read_text())
+    assert manifest["complete"] is False
+    # A temporary file a kill could leave mid-write is discarded on resume.
+    (killed / ".shard-00001.safetensors.abc123.tmp").write_bytes(b"partial")
+
+    resumed = _supermix(*args, "--out", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"removed \d+ partial temporary file", resumed.stderr), resumed.stderr
+    full = tmp_path / "full"
+    reference = _supermix(*args, "--out", str(full))
+    assert reference.returncode == 0, reference.stderr
+
+    _check_manifest(killed, 48)
+    assert _shard_hashes(killed) == _shard_hashes(full)
+    resumed_manifest = json.loads((killed / gen.MANIFEST).read_text())
+    assert resumed_manifest["totals"]["this_run"]["kept"] < 48  # shard 0 was not redone
+    # A third run finds everything done.
+    again = _supermix(*args, "--out", str(killed))
+    assert again.returncode == 0 and "nothing left to generate" in again.stdout
+
+
+def test_resume_from_shards_missing_in_manifest(tmp_path, tiny_teacher):
+    """A run killed between a shard's rename and the manifest update (or a torchrun rank's
+    shards) is resumed from the shard headers."""
+    _generate(tmp_path, tiny_teacher, 40)
+    before = _shard_hashes(tmp_path)
+    manifest = json.loads((tmp_path / gen.MANIFEST).read_text())
+    manifest["shards"] = manifest["shards"][:1]
+    manifest["complete"] = False
+    (tmp_path / gen.MANIFEST).write_text(json.dumps(manifest))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*")}
+    again = _generate(tmp_path, tiny_teacher, 40)
+    assert again["totals"]["this_run"]["kept"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*")} == mtimes
+    assert _shard_hashes(tmp_path) == before
+    _check_manifest(tmp_path, 40)
+
+
+def test_deterministic_shards_depend_on_seed(tmp_path, tiny_teacher):
+    _generate(tmp_path / "a", tiny_teacher, 20, seed=3)
+    _generate(tmp_path / "b", tiny_teacher, 20, seed=3)
+    _generate(tmp_path / "c", tiny_teacher, 20, seed=4)
+    assert _shard_hashes(tmp_path / "a") == _shard_hashes(tmp_path / "b")
+    assert _shard_hashes(tmp_path / "a") != _shard_hashes(tmp_path / "c")
+    # Shard j does not depend on how many shards there are: N=20 and N=40 share shard 0's
+    # samples (the header, which records N, differs).
+    from safetensors.torch import load_file
+    _generate(tmp_path / "d", tiny_teacher, 40, seed=3)
+    a = load_file(tmp_path / "a" / gen.shard_name(0))
+    d = load_file(tmp_path / "d" / gen.shard_name(0))
+    assert a.keys() == d.keys()
+    for name in a:
+        assert torch.equal(a[name], d[name]), name
+
+
+# ------------------------------------------------------------------------------- corruption ----
+def test_corrupt_shard_is_detected_and_named(tmp_path, tiny_teacher):
+    _generate(tmp_path, tiny_teacher, 40)
+    good = _shard_hashes(tmp_path)
+    victim = tmp_path / gen.shard_name(1)
+    blob = bytearray(victim.read_bytes())
+    for i in range(len(blob) - 64, len(blob) - 32):  # flip bytes inside the tensor data
+        blob[i] ^= 0xFF
+    victim.write_bytes(bytes(blob))
+    with pytest.raises(CorruptShardError, match=gen.shard_name(1)):
+        MixedDataset(tmp_path)
+    with pytest.raises(CorruptShardError, match=gen.shard_name(1)):
+        verify_generated(tmp_path)
+    # Without verification it still opens; verify() names the shard on demand.
+    ds = MixedDataset(tmp_path, verify=False)
+    with pytest.raises(CorruptShardError, match="shard-00001.safetensors is corrupt"):
+        ds.verify()
+    # A rerun notices the mismatch and regenerates that shard, identically.
+    notes: list[str] = []
+    gen.generate(tmp_path, 40, teacher=tiny_teacher, shard_size=16, batch_size=16, max_iters=10,
+                 device="cpu", progress=False, log=notes.append)
+    assert any(gen.shard_name(1) in n and "sha256" in n for n in notes), notes
+    assert _shard_hashes(tmp_path) == good
+    MixedDataset(tmp_path)
+
+
+def test_missing_shard_is_named(tmp_path, tiny_teacher):
+    _generate(tmp_path, tiny_teacher, 20)
+    (tmp_path / gen.shard_name(1)).unlink()
+    with pytest.raises(CorruptShardError, match=r"shard-00001\.safetensors is missing"):
+        MixedDataset(tmp_path)
+
+
+# --------------------------------------------------------------------------------- torchrun ----
+def test_torchrun_two_processes_equal_single_process(tmp_path, request):
+    teacher = _trained_teacher()
+    if not teacher.is_file():
+        teacher = request.getfixturevalue("tiny_teacher")
+    common = ["--teacher", str(teacher), "--size", "40", "--shard-size", "8", "--batch-size", "8",
+              "--max-iters", "10", "--seed", "5", "--device", "cpu"]
+    two = tmp_path / "two"
+    # --standalone: a rendezvous on a free local port, so parallel test runs do not collide.
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "supermix", "generate", *common, "--out", str(two)],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun generation timed out:\n{stdout}\n{stderr}")
+    assert proc.returncode == 0, stdout + stderr
+    assert stdout.count("supermix generate:") == 1, "only rank 0 reports"
+    one = tmp_path / "one"
+    single = _supermix("generate", *common, "--out", str(one))
+    assert single.returncode == 0, single.stderr
+
+    manifest = _check_manifest(two, 40)
+    assert manifest["runtime"]["world_size"] == 2
+    assert len(manifest["shards"]) == 5
+    ds = MixedDataset(two)
+    assert len(ds) == 40
+    sources, r = ds.read_field("sources"), ds.read_field("r")
+    assert len({tuple(s) + tuple(w) for s, w in zip(sources.tolist(), r.tolist())}) == 40
+    assert _shard_hashes(two) == _shard_hashes(one)
+
+
+# --------------------------------------------------------------------------- settings / errors --
+def test_other_settings_in_same_dir_is_an_error(tmp_path, tiny_teacher, capsys):
+    _generate(tmp_path, tiny_teacher, 20)
+    argv = ["generate", "--teacher", str(tiny_teacher), "--out", str(tmp_path), "--size", "20",
+            "--shard-size", "16", "--batch-size", "16", "--max-iters", "11", "--alpha", "2",
+            "--device", "cpu", "--no-progress"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("supermix: error:")
+    assert "max_iters" in err and "alpha" in err and "k (" not in err
+    assert cli.main(argv + ["--overwrite"]) == 0
+    assert json.loads((tmp_path / gen.MANIFEST).read_text())["config"]["max_iters"] == 11
+
+
+def _bad_teachers(tmp_path: Path) -> dict[str, Path]:
+    from supermix import models
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    rgb = tmp_path / "rgb.pt"
+    save_checkpoint(rgb, models.create("resnet8", num_classes=10, in_channels=3),
+                    {"arch": "resnet8", "num_classes": 10, "in_channels": 3})
+    many = tmp_path / "c100.pt"
+    save_checkpoint(many, models.create("resnet8", num_classes=100, in_channels=1),
+                    {"arch": "resnet8", "num_classes": 100, "in_channels": 1})
+    return {"garbage": garbage, "rgb": rgb, "c100": many}
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing_teacher", "no file at"),
+    ("garbage_teacher", "is corrupt"),
+    ("channels", "3-channel images"),
+    ("classes", "100 classes"),
+    ("unwritable_out", "cannot write to"),
+    ("size_zero", "--size: expected an integer > 0, got 0"),
+    ("size_negative", "--size: expected an integer > 0, got -5"),
+    ("unknown_preset", "--preset: expected one of"),
+    ("unknown_mixer", "--mixer: expected one of"),
+    ("unknown_method", "--method: expected one of"),
+])
+def test_bad_arguments_one_line_exit_2(tmp_path, tiny_teacher, capsys, case, expected):
+    bad = _bad_teachers(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    argv = {"teacher": str(tiny_teacher), "out": str(tmp_path / "out"), "size": "8"}
+    extra: list[str] = []
+    if case == "missing_teacher":
+        argv["teacher"] = str(tmp_path / "nope.pt")
+    elif case == "garbage_teacher":
+        argv["teacher"] = str(bad["garbage"])
+    elif case == "channels":
+        argv["teacher"] = str(bad["rgb"])
+    elif case == "classes":
+        argv["teacher"] = str(bad["c100"])
+    elif case == "unwritable_out":
+        argv["out"] = str(blocker / "sub")
+    elif case == "size_zero":
+        argv["size"] = "0"
+    elif case == "size_negative":
+        argv["size"] = "-5"
+    elif case == "unknown_preset":
+        extra = ["--preset", "mnist"]
+    elif case == "unknown_mixer":
+        extra = ["--mixer", "fmix"]
+    elif case == "unknown_method":
+        extra = ["--method", "adam"]
+    status = cli.main(["generate", "--teacher", argv["teacher"], "--out", argv["out"],
+                       "--size", argv["size"], "--device", "cpu", *extra])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("supermix: error:") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert expected in err
+    if case != "unwritable_out":
+        assert not (tmp_path / "out").exists(), "a failed run must not create the output folder"
+
+
+def test_bad_argument_in_a_real_process(tmp_path):
+    """The same through ``python -m supermix``: exit status 2, one line, no traceback."""
+    proc = _supermix("generate", "--teacher", str(tmp_path / "missing.pt"), "--out",
+                     str(tmp_path / "o"), "--size", "4", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("supermix: error: --teacher: no file at")
+
+
+def test_presets_and_overrides():
+    s, values = gen.resolve_settings("imagenet")
+    assert (s["k"], s["mask_size"], s["sigma"], s["alpha"], s["lambda_s"]) == (3, 16, 2.0, 3.0, 25.0)
+    assert values == gen.PRESETS["imagenet"]
+    s, _ = gen.resolve_settings("cifar100", sigma=0.5, k=None)
+    assert (s["k"], s["mask_size"], s["sigma"]) == (2, 8, 0.5)
+    s, _ = gen.resolve_settings(None)
+    assert s["k"] == 2 and s["mask_size"] == 8
+
+
+def test_preset_recorded_in_manifest(tmp_path, tiny_teacher):
+    m = _generate(tmp_path, tiny_teacher, 8, preset="imagenet", mask_size=7, shard_size=8,
+                  batch_size=8)
+    assert m["preset"] == "imagenet" and m["preset_values"]["mask_size"] == 16
+    assert (m["config"]["k"], m["config"]["mask_size"], m["config"]["sigma"]) == (3, 7, 2.0)
+    assert MixedDataset(tmp_path).read_field("mask_logits").shape == (8, 3, 7, 7)
+
+
+def test_drop_guard_stops_with_a_clear_error(tmp_path, tiny_teacher, monkeypatch):
+    """When (almost) nothing reaches the criterion, a shard gives up instead of looping."""
+    real_make = gen._make_mixer
+
+    def never_succeeds(s, teacher, backend):
+        mixer = real_make(s, teacher, backend)
+        inner = mixer.mix_batch
+
+        def mix_batch(x, generator=None):
+            result = inner(x, generator)
+            result.success = torch.zeros_like(result.success)
+            return result
+        mixer.mix_batch = mix_batch
+        return mixer
+
+    monkeypatch.setattr(gen, "_make_mixer", never_succeeds)
+    with pytest.raises(gen.GenerationError, match="--keep-failed"):
+        _generate(tmp_path, tiny_teacher, 4, shard_size=4, batch_size=4, max_iters=0)
+    # With --keep-failed the failures are kept and flagged.
+    m = _generate(tmp_path / "kept", tiny_teacher, 4, shard_size=4, batch_size=4, max_iters=0,
+                  keep_failed=True)
+    assert m["totals"]["kept"] == 4
+    assert not bool(MixedDataset(tmp_path / "kept").read_field("success").any())
+
+
+# ------------------------------------------------------------------------- mixers and files ----
+@pytest.mark.parametrize("mixer", ["mixup", "cutmix"])
+def test_blind_mixers_are_labelled_by_the_teacher(tmp_path, tiny_teacher, mixer):
+    m = _generate(tmp_path, tiny_teacher, 10, mixer=mixer, shard_size=10, batch_size=10)
+    assert m["config"]["mixer"] == mixer
+    ds = MixedDataset(tmp_path)
+    assert not ds.has_field("mask_logits")
+    assert int(ds.read_field("iters").sum()) == 0
+    probs = ds.read_field("teacher_probs")
+    torch.testing.assert_close(probs.sum(1), torch.ones(10))
+    assert m["totals"]["failed_dropped"] == 0  # blind mixers never drop
+
+
+def test_mixed_dataset_items(tmp_path, tiny_teacher):
+    _generate(tmp_path, tiny_teacher, 20, store="float16")
+    ds = MixedDataset(tmp_path)
+    assert len(ds) == 20
+    image, label = ds[19]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert label.shape == (10,) and label.dtype == torch.float32
+    torch.testing.assert_close(label.sum(), torch.tensor(1.0))
+    _, y_hat = MixedDataset(tmp_path, label="y_hat", verify=False)[3]
+    torch.testing.assert_close(y_hat.sum(), torch.tensor(1.0))
+    normed, _ = MixedDataset(tmp_path, normalize=True, verify=False)[19]
+    torch.testing.assert_close(normed, (image - 0.2860) / 0.3530, atol=1e-4, rtol=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=0)
+    x, y = next(iter(loader))
+    assert x.shape == (8, 1, 28, 28) and y.shape == (8, 10)
+    assert ds.read_field("mixed").dtype == torch.float16
+    with pytest.raises(IndexError):
+        ds[20]
+
+
+def test_incomplete_set_is_refused(tmp_path, tiny_teacher):
+    _generate(tmp_path, tiny_teacher, 20)
+    manifest = json.loads((tmp_path / gen.MANIFEST).read_text())
+    manifest["complete"] = False
+    (tmp_path / gen.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(gen.UsageError, match="has not finished"):
+        MixedDataset(tmp_path)
+    assert len(MixedDataset(tmp_path, allow_incomplete=True)) == 20
+
+
+def test_export_png_and_show(tmp_path, tiny_teacher, capsys):
+    out = tmp_path / "set"
+    _generate(out, tiny_teacher, 12, export_png=True, shard_size=8, batch_size=8)
+    pngs = sorted((out / "png").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:08d}.png" for i in range(12)]
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    picture = tmp_path / "show.png"
+    assert cli.main(["show", str(out), "--out", str(picture), "--num", "3"]) == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_export_png_added_on_rerun(tmp_path, tiny_teacher):
+    _generate(tmp_path, tiny_teacher, 10, shard_size=8, batch_size=8)
+    assert not (tmp_path / "png").exists()
+    _generate(tmp_path, tiny_teacher, 10, shard_size=8, batch_size=8, export_png=True)
+    assert len(list((tmp_path / "png").glob("*.png"))) == 10
