@@ -1,0 +1,400 @@
+"""``supermix distill``: train a student from a teacher with the paper's objectives (sec. 4.2).
+
+Per step the student sees a batch of B real images and, with a mixed source, B mixed images
+(the original code pairs slot i of the real set with slot i of the mixed set). The loss is
+
+    w_ce * CE(student(x), y)                               cross-entropy on the real labels
+  + w_kd * KD_T(student(x), teacher(x))                    Hinton KD on the real images
+  + w_mixed_ce * CE(student(x'), argmax teacher(x'))       "CE distillation" on mixed images
+  + w_mixed_kd * KD_T(student(x'), teacher(x'))            KD on mixed images
+
+with KD_T(s, t) = T^2 * KL(softmax(t / T) || softmax(s / T)), summed over classes and averaged
+over the batch (CRD's ``DistillKL``). The teacher's outputs on x' are recomputed every step on
+the augmented mixed image, as the original does, so the stored labels of a generated set are
+not used. The weights play the role of the original ``-r`` (CE, both real and mixed), ``-a``
+(KD) flags; the paper's methods are:
+
+=============================  ==============================================================
+student alone                  ``--w-ce 1``
+KD [14]                        ``--w-ce 0.1 --w-kd 0.9`` (CRD's setting, T = 4)
+CE distillation on a mixed set ``--w-ce 1 --w-mixed-ce 1 --mixed DIR``
+KD + a mixed set               ``--w-ce 0.1 --w-kd 0.9 --w-mixed-kd 0.9 --mixed DIR``
+=============================  ==============================================================
+
+Mixed images come from a set written by ``supermix generate`` (``--mixed DIR``, offline, as
+the paper) or are made from each real batch by a teacher-labelled mixer (``--online supermix |
+mixup | cutmix``). Mixed images get a random crop with half the real images' padding and a
+flip; real images the data set's crop + flip.
+
+One forward of the student on the real and mixed images together (so BatchNorm sees one batch
+of 2B), one forward of the teacher (eval mode, no gradient) on what the active terms need.
+Schedule, epoch scaling by 1/kappa, determinism, resume and torchrun: see
+:mod:`supermix.training`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import models
+from .checkpoint import default_teacher_path, load_teacher
+from .errors import MissingFileError, UsageError
+from . import training as tr
+
+__all__ = [
+    "kd_loss",
+    "ce_loss",
+    "ce_to_teacher_top1",
+    "DistillWeights",
+    "distill_objective",
+    "add_parser",
+    "run",
+]
+
+ONLINE_MIXERS = ("supermix", "mixup", "cutmix")
+
+
+# ----------------------------------------------------------------------------------------------
+# Objectives
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            T: float = 4.0) -> torch.Tensor:
+    """Hinton KD: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, summed over classes, mean over
+    the batch. student_logits, teacher_logits: [B,n] (computed in float32). Returns a scalar."""
+    log_q = F.log_softmax(student_logits.float() / T, dim=1)
+    p = F.softmax(teacher_logits.float() / T, dim=1)
+    return F.kl_div(log_q, p, reduction="batchmean") * (T * T)
+
+
+def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy to int labels [B], mean over the batch."""
+    return F.cross_entropy(student_logits.float(), labels)
+
+
+def ce_to_teacher_top1(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """"CE distillation" (paper sec. 4.2): cross-entropy to the teacher's top class, which
+    carries no information about the other classes. Mean over the batch."""
+    return F.cross_entropy(student_logits.float(), teacher_logits.argmax(dim=1))
+
+
+@dataclass(frozen=True)
+class DistillWeights:
+    """Weights of the four terms and the KD temperature."""
+
+    ce: float = 1.0
+    kd: float = 0.0
+    mixed_ce: float = 0.0
+    mixed_kd: float = 0.0
+    T: float = 4.0
+
+    @property
+    def needs_mixed(self) -> bool:
+        return self.mixed_ce > 0 or self.mixed_kd > 0
+
+
+def distill_objective(w: DistillWeights, student_real: torch.Tensor, labels: torch.Tensor,
+                      teacher_real: torch.Tensor | None = None,
+                      student_mixed: torch.Tensor | None = None,
+                      teacher_mixed: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted sum of the active terms and each active term unweighted (for the log).
+
+    student_real, teacher_real: logits [B,n] on the real images; labels: int64 [B];
+    student_mixed, teacher_mixed: logits [B',n] on the mixed images. Terms with weight 0 are
+    not computed, and their inputs may be None.
+    """
+    parts: dict[str, torch.Tensor] = {}
+    total = student_real.new_zeros((), dtype=torch.float32)
+    terms = (
+        ("ce", w.ce, lambda: ce_loss(student_real, labels)),
+        ("kd", w.kd, lambda: kd_loss(student_real, teacher_real, w.T)),
+        ("mixed_ce", w.mixed_ce, lambda: ce_to_teacher_top1(student_mixed, teacher_mixed)),
+        ("mixed_kd", w.mixed_kd, lambda: kd_loss(student_mixed, teacher_mixed, w.T)),
+    )
+    for name, weight, term in terms:
+        if weight > 0:
+            value = term()
+            parts[name] = value.detach()
+            total = total + weight * value
+    return total, parts
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``supermix distill``."""
+    p = subparsers.add_parser(
+        "distill", help="train a student from a teacher (CE / KD on real and mixed images)",
+        description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("models and data")
+    g.add_argument("--teacher", default=None,
+                   help="teacher checkpoint (default: the shipped Fashion-MNIST ResNet-20)")
+    g.add_argument("--student", default="resnet8", help="student model name (supermix.models.available(); default "
+                                                        "%(default)s)")
+    g.add_argument("--data", default=None,
+                   help="data spec (default: the teacher's data set)")
+    g.add_argument("--data-root", default=None, help="folder of the data set")
+    g.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
+    g.add_argument("--image-size", type=tr.positive_int, default=224,
+                   help="crop size for imagefolder data (default %(default)s)")
+    m = p.add_argument_group("mixed images")
+    src = m.add_mutually_exclusive_group()
+    src.add_argument("--mixed", default=None,
+                     help="a set written by 'supermix generate' (offline, as the paper)")
+    src.add_argument("--online", choices=ONLINE_MIXERS, default=None,
+                     help="mix each real batch with this teacher-labelled mixer instead")
+    m.add_argument("--k", type=tr.positive_int, default=2, help="online: images per mix (default %(default)s)")
+    m.add_argument("--alpha", type=tr.non_negative_float, default=3.0,
+                   help="online: Dirichlet alpha of the mixing weights (default %(default)s)")
+    m.add_argument("--lambda-s", type=tr.non_negative_float, default=25.0,
+                   help="online supermix: sparsity weight (default %(default)s)")
+    m.add_argument("--sigma", type=tr.non_negative_float, default=1.0,
+                   help="online supermix: smoothing sigma (default %(default)s)")
+    m.add_argument("--mask-size", type=tr.positive_int, default=8,
+                   help="online supermix: mask grid side (default %(default)s)")
+    m.add_argument("--max-iters", type=int, default=50, help="online supermix: iteration cap (default %(default)s)")
+    o = p.add_argument_group("objective (original code: -r CE, -a KD)")
+    o.add_argument("--w-ce", type=tr.non_negative_float, default=1.0,
+                   help="cross-entropy on the real labels (default %(default)s)")
+    o.add_argument("--w-kd", type=tr.non_negative_float, default=0.0,
+                   help="KD on the real images (default %(default)s)")
+    o.add_argument("--w-mixed-ce", type=tr.non_negative_float, default=None,
+                   help="CE to the teacher's top class on the mixed images "
+                        "(default 1 with --mixed/--online, else 0)")
+    o.add_argument("--w-mixed-kd", type=tr.non_negative_float, default=0.0,
+                   help="KD on the mixed images (default %(default)s)")
+    o.add_argument("--T", type=float, default=4.0, help="KD temperature (default %(default)s)")
+    tr.add_schedule_arguments(p)
+    tr.add_runtime_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _weights(args) -> DistillWeights:
+    has_source = args.mixed is not None or args.online is not None
+    mixed_ce = args.w_mixed_ce if args.w_mixed_ce is not None else (1.0 if has_source else 0.0)
+    if not math.isfinite(args.T) or args.T <= 0:
+        raise UsageError(f"--T: expected a temperature > 0, got {args.T}")
+    if args.online:
+        if args.k < 2:
+            raise UsageError(f"--k: expected at least 2 images per mix, got {args.k}")
+        if args.alpha <= 0:
+            raise UsageError(f"--alpha: expected a Dirichlet alpha > 0, got {args.alpha}")
+        if args.max_iters < 0:
+            raise UsageError(f"--max-iters: expected >= 0, got {args.max_iters}")
+    w = DistillWeights(ce=args.w_ce, kd=args.w_kd, mixed_ce=mixed_ce, mixed_kd=args.w_mixed_kd,
+                       T=float(args.T))
+    if w.needs_mixed and not has_source:
+        raise UsageError(f"--w-mixed-ce/--w-mixed-kd: mixed terms ({w.mixed_ce}, {w.mixed_kd}) "
+                         f"need mixed images: pass --mixed DIR or --online MIXER")
+    if has_source and not w.needs_mixed:
+        raise UsageError("--mixed/--online: mixed images given but --w-mixed-ce and "
+                         "--w-mixed-kd are both 0")
+    if w.ce == 0 and w.kd == 0 and not w.needs_mixed:
+        raise UsageError("--w-*: every objective weight is 0")
+    return w
+
+
+def _teacher_view(config: dict, data_name: str) -> bool:
+    """Whether the teacher sees Fashion-MNIST as 3x32x32 (trained with --as-cifar)."""
+    size = config.get("input_size")
+    return data_name == "fashion-mnist" and (
+        bool(config.get("as_cifar")) or (int(config["in_channels"]) == 3 and size is not None
+                                         and list(size)[1:] == [32, 32]))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``supermix distill``; returns the exit status."""
+    info = tr.init_distributed(args.device)
+    try:
+        return _run(args, info)
+    finally:
+        tr.shutdown_distributed(info)
+
+
+def _run(args, info: tr.DistInfo) -> int:
+    from . import data as sm_data
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tr.resolve_hparams(args)
+    weights = _weights(args)
+    if args.workers < 0:
+        raise UsageError(f"--workers: expected >= 0, got {args.workers}")
+
+    teacher_path = Path(args.teacher) if args.teacher else default_teacher_path()
+    if not teacher_path.is_file():
+        hint = (" (the shipped teacher is missing: train it with 'supermix train-teacher')"
+                if args.teacher is None else "")
+        raise MissingFileError(f"--teacher: no file at {teacher_path}{hint}")
+    args.teacher = str(teacher_path.resolve())
+    if args.mixed is not None:
+        args.mixed = str(Path(args.mixed).resolve())
+    teacher = load_teacher(teacher_path, map_location="cpu")
+    tconfig = teacher.supermix_config
+    spec = args.data or tconfig.get("data")
+    if not spec:
+        raise UsageError(f"--data: {teacher_path} does not say which data it was trained on; "
+                         f"pass --data")
+    name, _ = sm_data.parse_spec(spec, args.data_root)
+    as_cifar = _teacher_view(tconfig, name)
+    data = tr.LabelledData(spec, args.data_root, as_cifar=as_cifar, mean=tconfig.get("mean"),
+                          std=tconfig.get("std"), limit_train=args.limit_train,
+                          limit_test=args.limit_test, download=args.download,
+                          image_size=args.image_size, workers=args.workers)
+    t_classes = int(tconfig["num_classes"])
+    if t_classes != data.num_classes:
+        raise UsageError(f"--teacher: {teacher_path} predicts {t_classes} classes, but the "
+                         f"student of data {spec!r} needs {data.num_classes}")
+    t_channels = int(tconfig["in_channels"])
+    if t_channels != data.shape[0]:
+        raise UsageError(f"--teacher: {teacher_path} takes {t_channels}-channel images, the data "
+                         f"{spec!r} gives {data.shape[0]}")
+
+    generated = None
+    if args.mixed is not None:
+        generated = tr.load_generated(args.mixed, limit=args.limit_mixed)
+        tr.check_generated(generated, data, t_classes)
+
+    out = Path(args.out or f"runs/distill-{args.student}-{data.name}")
+    tr.check_out(out, args.resume)
+    device = info.device
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+
+    torch.manual_seed(args.seed)
+    student = models.create(args.student, num_classes=data.num_classes,
+                            in_channels=data.shape[0])
+    model, module = tr.prepare_model(student, info, args.channels_last)
+    teacher = teacher.to(device, memory_format=memory_format).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    optimizer = tr.make_sgd(model, args)
+
+    n = data.num_train
+    n_mixed = len(generated.images) if generated is not None else 0
+    slots = max(n, n_mixed)
+    epochs, decays = tr.scale_schedule(args.epochs, args.lr_decay_epochs, n, slots,
+                                      not args.no_scale_epochs)
+    steps = tr.EpochPlan.steps_for(slots, args.batch_size, args.limit_steps)
+    if args.batch_size % info.world:
+        raise UsageError(f"--batch-size: the global batch {args.batch_size} must divide over "
+                         f"{info.world} processes")
+    if steps == 0:
+        raise UsageError(f"--batch-size: {args.batch_size} is larger than the {slots} samples "
+                         f"of an epoch")
+    local_batch = args.batch_size // info.world
+    if args.online and local_batch < args.k:
+        raise UsageError(f"--k: online mixing of k={args.k} images needs a per-process batch "
+                         f"of at least k, got {local_batch}")
+
+    mixer = None
+    if args.online:
+        from .mixers import create_mixer
+
+        kwargs = dict(k=args.k, alpha=args.alpha)
+        if args.online == "supermix":
+            kwargs.update(lambda_s=args.lambda_s, sigma=args.sigma, mask_size=args.mask_size,
+                          max_iters=args.max_iters)
+        mixer = create_mixer(args.online, teacher=teacher, **kwargs)
+    bank = None
+    if generated is not None:
+        bank = tr.mixed_bank(generated, data.mean, data.std, data.real_padding)
+        dummy = torch.zeros(n_mixed, dtype=torch.long)
+
+    run_args = tr.run_arguments(args)
+    config = {
+        "arch": args.student, "num_classes": data.num_classes, "in_channels": data.shape[0],
+        "data": data.name, "as_cifar": data.as_cifar, "input_size": list(data.shape),
+        "mean": data.mean, "std": data.std, "class_names": data.class_names,
+        "teacher": args.teacher, "teacher_arch": tconfig.get("arch"),
+    }
+    state = tr.TrainState(
+        model=model, module=module, optimizer=optimizer, info=info, out=out, config=config,
+        run_args=run_args, epochs=epochs, decay_epochs=decays, lr=args.lr,
+        decay_rate=args.lr_decay_rate, steps_per_epoch=steps, eval_every=args.eval_every,
+        amp=args.amp, show_progress=not args.no_progress, stop_after=args.stop_after,
+        name="distill")
+    state.start_record = {
+        "command": "distill", "command_line": getattr(args, "command_line", None),
+        "args": run_args, "config": config, "world_size": info.world, "device": str(device),
+        "labelled_images": n, "mixed_images": n_mixed, "epoch_slots": slots,
+        "kappa": (n_mixed / n) if n_mixed else None, "epochs": epochs, "lr_decay_epochs": decays,
+        "steps_per_epoch": steps, "teacher_test_top1": tconfig.get("test_accuracy"),
+        "weights": dataclasses.asdict(weights),
+    }
+    if args.resume:
+        tr.try_resume(state, tr.must_match(run_args))
+    if info.is_main and generated is not None:
+        for note in tr.generated_notes(generated, n, args.teacher):
+            print(note, flush=True)
+    if info.is_main:
+        src = (f"mixed set {generated.path} ({n_mixed} images, kappa {n_mixed / n:.2f})"
+               if generated is not None else f"online {args.online}" if args.online
+               else "no mixed images")
+        print(f"distill: {tconfig.get('arch')} -> {args.student} on {spec} ({n} labelled), "
+              f"{src}; weights ce {weights.ce} kd {weights.kd} mixed-ce {weights.mixed_ce} "
+              f"mixed-kd {weights.mixed_kd} T {weights.T}; {epochs} epochs x {steps} steps of "
+              f"{args.batch_size}, lr {args.lr} decayed at {decays}; {info.world} process(es) "
+              f"on {device}", flush=True)
+
+    def batches(epoch: int):
+        plan = tr.EpochPlan(slots, args.batch_size, args.seed, epoch, info.world, info.rank,
+                           args.limit_steps)
+        real = data.stream(plan, lambda s: s % n, args.seed, epoch, info.rank, device,
+                           memory_format)
+        mixed = (tr.bank_stream(bank, dummy, plan, lambda s: s % n_mixed,
+                               tr.make_generator(args.seed, "augment", "mixed", epoch), device,
+                               memory_format) if bank is not None else None)
+        mix_gen = (tr.make_generator(args.seed, "mix", epoch, info.rank, device=device)
+                   if mixer is not None else None)
+        for x, y in real:
+            if mixed is not None:
+                x_mix = next(mixed)[0]
+            elif mixer is not None:
+                x_mix = mixer.mix_batch(x, mix_gen).mixed.contiguous(memory_format=memory_format)
+            else:
+                x_mix = None
+            yield x, y, x_mix
+
+    need_real_teacher = weights.kd > 0
+    need_mixed_teacher = weights.needs_mixed
+
+    def step(batch):
+        x, y, x_mix = batch
+        b = x.shape[0]
+        inputs = (torch.cat([x, x_mix]).contiguous(memory_format=memory_format)
+                  if x_mix is not None else x)
+        logits = module(inputs).float()
+        s_real = logits[:b]
+        s_mixed = logits[b:] if x_mix is not None else None
+        t_real = t_mixed = None
+        with torch.no_grad():
+            if need_real_teacher and need_mixed_teacher:
+                t = teacher(inputs).float()
+                t_real, t_mixed = t[:b], t[b:]
+            elif need_real_teacher:
+                t_real = teacher(x).float()
+            elif need_mixed_teacher:
+                t_mixed = teacher(x_mix).float()
+        loss, parts = distill_objective(weights, s_real, y, t_real, s_mixed, t_mixed)
+        correct = (s_real.detach().argmax(dim=1) == y).sum()
+        return loss, parts, b, correct, b
+
+    t0 = time.perf_counter()
+    tr.fit(state, batches, step, lambda: data.test_batches(info, memory_format))
+    end = tr.finish(state, {"wall_s": round(time.perf_counter() - t0, 3)})
+    if info.is_main and not end.get("stopped"):
+        print(f"done: student test top1 {end['test_top1']:.4f} top5 {end['test_top5']:.4f} "
+              f"after {end['epochs']} epochs ({state.elapsed / 60:.1f} min); wrote "
+              f"{out / tr.MODEL_NAME} and {out / tr.LOG_NAME}", flush=True)
+    return 0

@@ -1,0 +1,254 @@
+"""``supermix distill``: the objectives against hand-computed values, the schedule, exact resume,
+torchrun (2 CPU processes) against one process, one-line errors, and the --quick replication."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from supermix import training as tr
+from supermix.distill import (DistillWeights, ce_loss, ce_to_teacher_top1, distill_objective,
+                              kd_loss)
+from train_helpers import (ROOT, TINY, assert_one_line_error, assert_same_step, env, epochs,
+                           make_generated, make_teacher, max_abs_diff, read_log, run_cli,
+                           run_main, run_torchrun, state_dict, without_timing)
+
+LN3 = math.log(3.0)
+
+
+# ------------------------------------------------------------------------------ objectives ---
+def test_kd_loss_hand_values():
+    # p = softmax([ln 3, 0]) = (3/4, 1/4), q = softmax([0, 0]) = (1/2, 1/2):
+    # KL(p || q) = 3/4 ln(3/2) + 1/4 ln(1/2) = 0.1308120...
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    s = torch.tensor([[0.0, 0.0]])
+    assert kd_loss(s, torch.tensor([[LN3, 0.0]]), T=1.0).item() == pytest.approx(kl, rel=1e-6)
+    # T = 2: teacher logits [2 ln 3, 0] / 2 give the same p; the T^2 factor multiplies by 4.
+    assert kd_loss(s, torch.tensor([[2 * LN3, 0.0]]), T=2.0).item() == pytest.approx(4 * kl,
+                                                                                      rel=1e-6)
+    # batchmean: a second row identical to its teacher (KL 0) halves the mean.
+    s2 = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
+    t2 = torch.tensor([[LN3, 0.0], [1.0, -1.0]])
+    assert kd_loss(s2, t2, T=1.0).item() == pytest.approx(kl / 2, rel=1e-6)
+
+
+def test_kd_loss_gradient_is_T_times_q_minus_p_over_B():
+    torch.manual_seed(0)
+    s = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(5, 7, dtype=torch.float64)
+    T = 3.0
+    kd_loss(s, t, T).backward()
+    q = torch.softmax(s.detach().float() / T, 1)
+    p = torch.softmax(t.float() / T, 1)
+    expected = T * (q - p) / 5
+    torch.testing.assert_close(s.grad.float(), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_ce_terms_hand_values():
+    s = torch.tensor([[LN3, 0.0], [0.0, LN3]])        # softmax rows (3/4, 1/4), (1/4, 3/4)
+    labels = torch.tensor([0, 0])                      # -ln(3/4), -ln(1/4)
+    assert ce_loss(s, labels).item() == pytest.approx(
+        (-math.log(0.75) - math.log(0.25)) / 2, rel=1e-6)
+    # The teacher's top class is 1 on both rows whatever its confidence.
+    t = torch.tensor([[-5.0, 5.0], [0.1, 0.2]])
+    assert ce_to_teacher_top1(s, t).item() == pytest.approx(
+        (-math.log(0.25) - math.log(0.75)) / 2, rel=1e-6)
+
+
+def test_distill_objective_weights_and_skipped_terms():
+    torch.manual_seed(1)
+    s, t, sm, tm = (torch.randn(4, 3) for _ in range(4))
+    y = torch.tensor([0, 1, 2, 0])
+    w = DistillWeights(ce=0.1, kd=0.9, mixed_ce=0.5, mixed_kd=0.25, T=4.0)
+    total, parts = distill_objective(w, s, y, t, sm, tm)
+    expected = {"ce": ce_loss(s, y), "kd": kd_loss(s, t, 4.0),
+                "mixed_ce": ce_to_teacher_top1(sm, tm), "mixed_kd": kd_loss(sm, tm, 4.0)}
+    assert set(parts) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(parts[name], value)
+    torch.testing.assert_close(total, 0.1 * expected["ce"] + 0.9 * expected["kd"]
+                               + 0.5 * expected["mixed_ce"] + 0.25 * expected["mixed_kd"])
+    # Weight 0: not computed, so its inputs may be missing.
+    total, parts = distill_objective(DistillWeights(ce=1.0), s, y)
+    assert list(parts) == ["ce"]
+    torch.testing.assert_close(total, expected["ce"])
+
+
+# -------------------------------------------------------------------------------- schedule ---
+def test_epochs_scale_with_one_over_kappa():
+    # The paper's example: kappa = 5 turns 600 epochs into 120 (decays 200..500 -> 40..100).
+    assert tr.scale_schedule(600, [200, 300, 400, 500], 50_000, 250_000) == (120, [40, 60, 80,
+                                                                                  100])
+    assert tr.scale_schedule(600, [200], 50_000, 250_000, scale=False) == (600, [200])
+    assert tr.scale_schedule(30, [10, 20], 1000, 1000) == (30, [10, 20])
+    assert [tr.step_lr(0.1, e, [2, 4], 0.1) for e in range(6)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_presets_fill_only_unset_flags():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    tr.add_schedule_arguments(p)
+    args = p.parse_args(["--preset", "cifar100", "--lr", "0.05"])
+    tr.resolve_hparams(args)
+    assert (args.batch_size, args.epochs, args.lr_decay_epochs, args.lr, args.wd) == (
+        128, 600, [200, 300, 400, 500], 0.05, 5e-4)
+    args = p.parse_args(["--epochs", "12"])
+    tr.resolve_hparams(args)
+    assert args.lr_decay_epochs == [4, 6, 8, 10]      # 1/3, 1/2, 2/3, 5/6 of the run
+    assert tr.PRESETS["imagenet"]["batch_size"] == 256
+
+
+def test_ranks_share_the_global_batch_and_its_augmentation():
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    bank = tr.ImageBank(images, [0.5], [0.25], padding=2, flip=True)
+    labels = torch.arange(40)
+    single = list(tr.bank_stream(bank, labels, tr.EpochPlan(40, 8, 7, 3), lambda s: s,
+                                 tr.make_generator(7, "aug", 3), "cpu", torch.contiguous_format))
+    ranks = [list(tr.bank_stream(bank, labels, tr.EpochPlan(40, 8, 7, 3, world=2, rank=r),
+                                 lambda s: s, tr.make_generator(7, "aug", 3), "cpu",
+                                 torch.contiguous_format)) for r in range(2)]
+    assert len(single) == 5
+    for step, (x, y) in enumerate(single):
+        (x0, y0), (x1, y1) = ranks[0][step], ranks[1][step]
+        torch.testing.assert_close(torch.cat([x0, x1]), torch.cat([x[0::2], x[1::2]]))
+        assert torch.equal(torch.cat([y0, y1]), torch.cat([y[0::2], y[1::2]]))
+    seen = torch.cat([y for _, y in single])
+    assert seen.unique().numel() == 40                 # a permutation: every slot once
+
+
+# ----------------------------------------------------------------------------- CLI runs ------
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    teacher = make_teacher(root / "teacher.pt")
+    return {"root": root, "teacher": teacher,
+            "mixed": make_generated(root / "mixup", teacher, size=160, mixer="mixup")}
+
+
+def _distill(assets, out, *extra):
+    return ["distill", "--teacher", str(assets["teacher"]), *TINY, "--out", str(out), *extra]
+
+
+def test_resume_continues_bit_exactly(assets, tmp_path):
+    common = ["--mixed", str(assets["mixed"]), "--w-kd", "0.9", "--w-mixed-kd", "0.5",
+              "--epochs", "3", "--lr-decay-epochs", "2"]
+    assert run_main(_distill(assets, tmp_path / "a", *common)) == 0
+    assert run_main(_distill(assets, tmp_path / "b", *common, "--stop-after", "1")) == 0
+    assert not (tmp_path / "b" / "model.pt").exists()
+    assert run_main(_distill(assets, tmp_path / "b", *common, "--stop-after", "1",
+                             "--resume")) == 0
+    assert run_main(_distill(assets, tmp_path / "b", *common, "--resume")) == 0
+    worst, where = max_abs_diff(state_dict(tmp_path / "a" / "model.pt"),
+                                state_dict(tmp_path / "b" / "model.pt"))
+    assert worst == 0.0, f"resumed weights differ by {worst} at {where}"
+    assert without_timing(epochs(tmp_path / "a")) == without_timing(epochs(tmp_path / "b"))
+    log = read_log(tmp_path / "b")
+    assert [r["event"] for r in log] == ["start", "epoch", "resume", "epoch", "resume", "epoch",
+                                         "end"]
+    first = epochs(tmp_path / "a")[0]
+    assert {"loss_ce", "loss_kd", "loss_mixed_ce", "loss_mixed_kd", "test_top1",
+            "test_top5"} <= set(first)
+    assert [r["lr"] for r in epochs(tmp_path / "a")] == pytest.approx([0.1, 0.1, 0.01])
+    # A run with another objective may not continue this one.
+    other = [*common]
+    other[other.index("--w-kd") + 1] = "0.5"
+    assert run_main(_distill(assets, tmp_path / "b", *other, "--resume")) == 2
+
+
+@pytest.mark.parametrize("mixer", ["supermix", "mixup", "cutmix"])
+def test_online_mixers_train(assets, tmp_path, mixer):
+    out = tmp_path / mixer
+    assert run_main(_distill(assets, out, "--online", mixer, "--w-mixed-kd", "0.5",
+                             "--epochs", "1", "--limit-steps", "2")) == 0
+    (record,) = epochs(out)
+    assert record["steps"] == 2 and record["train_images"] == 128
+    assert math.isfinite(record["loss_mixed_ce"]) and math.isfinite(record["loss_mixed_kd"])
+
+
+def test_mixed_epochs_scale_with_kappa(assets, tmp_path):
+    # 160 mixed images < 256 labelled: kappa < 1, an epoch stays 256 slots long.
+    assert run_main(_distill(assets, tmp_path / "k", "--mixed", str(assets["mixed"]),
+                             "--epochs", "2", "--limit-train", "64", "--batch-size",
+                             "32")) == 0
+    start = read_log(tmp_path / "k")[0]
+    # 64 labelled, 160 mixed: an epoch is 160 slots, 2 epochs of 64 -> round(2 * 64/160) = 1.
+    assert (start["epoch_slots"], start["epochs"], start["steps_per_epoch"]) == (160, 1, 5)
+    assert start["kappa"] == pytest.approx(2.5)
+
+
+def test_torchrun_two_processes_match_one(assets, tmp_path):
+    common = [*TINY, "--teacher", str(assets["teacher"]), "--mixed", str(assets["mixed"]),
+              "--w-kd", "0.9", "--w-mixed-kd", "0.5", "--epochs", "1", "--limit-steps", "1",
+              "--lr", "0.5", "--lr-decay-epochs", "5", "--no-channels-last", "--limit-test", "201"]
+    assert run_main(["distill", *common, "--out", str(tmp_path / "one")]) == 0
+    proc = run_torchrun(["distill", *common, "--out", str(tmp_path / "two")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # One global batch of 64 real + 64 mixed images, split 32 + 32 per rank; SyncBatchNorm
+    # makes the step the same function of the global batch.
+    assert_same_step(tmp_path / "one", tmp_path / "two")
+    one, two = epochs(tmp_path / "one")[0], epochs(tmp_path / "two")[0]
+    assert two["train_images"] == 64 and two["test_images"] == 201   # summed over the ranks
+    for key in ("loss", "loss_ce", "loss_kd", "loss_mixed_ce", "loss_mixed_kd", "test_loss"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-5), key
+    assert two["test_top1"] == pytest.approx(one["test_top1"], abs=1.5 / 201)
+    assert read_log(tmp_path / "two")[0]["world_size"] == 2
+
+
+# --------------------------------------------------------------------------------- errors ----
+@pytest.fixture(scope="module")
+def foreign_set(assets):
+    """A generated set whose manifest says it was made from CIFAR-10."""
+    import shutil
+
+    path = assets["root"] / "foreign"
+    shutil.copytree(assets["mixed"], path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["data"]["spec"] = "cifar10:/data/cifar"
+    manifest["config"]["data"] = "cifar10:/data/cifar"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_bad_arguments_give_one_line_and_status_2(assets, foreign_set, tmp_path):
+    five = make_teacher(tmp_path / "five.pt", num_classes=5)
+    cases = [
+        (["--teacher", str(five)], ("predicts 5 classes", "needs 10")),
+        (["--teacher", str(assets["teacher"]), "--mixed", str(foreign_set)],
+         ("generated from 'cifar10'", "'fashion-mnist'")),
+        (["--teacher", str(tmp_path / "nope.pt")], ("--teacher", "nope.pt")),
+        (["--teacher", str(assets["teacher"]), "--mixed", str(tmp_path / "nothing")],
+         ("--mixed", "nothing")),
+        (["--teacher", str(assets["teacher"]), "--data", f"fashion-mnist:{tmp_path / 'nodata'}"],
+         ("Fashion-MNIST not found",)),
+        (["--teacher", str(assets["teacher"]), "--w-mixed-kd", "1"], ("need mixed images",)),
+    ]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        procs = list(pool.map(
+            lambda c: run_cli(["distill", *c[0], *TINY, "--out", str(tmp_path / "out")]), cases))
+    for (args, fragments), proc in zip(cases, procs):
+        assert_one_line_error(proc, *fragments)
+
+
+# ---------------------------------------------------------------------------- replication ----
+def test_quick_replication(tmp_path):
+    """The whole Fashion-MNIST study on a tiny subset: every method trains and beats chance."""
+    from supermix.checkpoint import default_teacher_path
+
+    if not default_teacher_path().exists():
+        pytest.skip(f"the shipped teacher {default_teacher_path()} is missing")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "replicate_fmnist.py"),
+                           "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
+                          env=env(), cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (tmp_path / "RESULTS.md").read_text()
+    for method in ("Student alone (CE)", "KD", "CE + MixUp", "CE + CutMix", "CE + SuperMix",
+                   "KD + MixUp", "KD + CutMix", "KD + SuperMix"):
+        assert f"| {method} |" in report
+    assert (tmp_path / "replication.png").stat().st_size > 10_000
