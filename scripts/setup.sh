@@ -31,5 +31,11 @@ if [ -z "${FORCE_CPU:-}" ] && [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bi
 fi
 export MAX_JOBS=${MAX_JOBS:-2}
 echo "[setup] building and installing supermix (editable) with its kernels"
-.venv/bin/python -m pip install -q --no-build-isolation -e ".[test]" 2>&1 | tail -n 20
+log=$(mktemp /tmp/supermix-build.XXXXXX.log)
+if ! .venv/bin/python -m pip install -v --no-build-isolation -e ".[test]" > "$log" 2>&1; then
+  tail -n 80 "$log"; echo "[setup] build failed; full log: $log"; exit 1
+fi
+grep -F "[supermix setup]" "$log" | sort -u || true
+# Show which CUDA sources nvcc compiled (none on a CPU-only build).
+grep -E "bin/nvcc" "$log" | grep -oE "[^ ]+\.cu\b" | sort -u | sed 's/^/[setup] nvcc compiled /' || true
 .venv/bin/python -c "import supermix_ext, json; print('[setup] backends:', json.dumps(supermix_ext.backend_info()))"
