@@ -24,6 +24,7 @@ from .errors import MissingFileError, UsageError
 
 __all__ = [
     "atomic_save",
+    "atomic_write_bytes",
     "atomic_write_text",
     "save_checkpoint",
     "load_checkpoint",
@@ -67,6 +68,11 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (temporary file in its folder, then rename)."""
     return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:

@@ -70,7 +70,7 @@ import torch
 from torch import nn
 
 from . import data as sdata
-from .checkpoint import atomic_write_text, default_teacher_path, load_teacher
+from .checkpoint import atomic_write_bytes, atomic_write_text, default_teacher_path, load_teacher
 from .errors import MissingFileError, UsageError
 
 __all__ = [
@@ -158,30 +158,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
             if not block:
                 return h.hexdigest()
             h.update(block)
-
-
-def _file_mode() -> int:
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _atomic_write_bytes(data: bytes, path: Path) -> None:
-    """Temporary file in the same folder (named ``.NAME.*.tmp``), fsync, ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _file_mode())  # mkstemp makes 0600; give the file the usual umask mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _json_dump(obj: Any) -> str:
@@ -490,7 +466,7 @@ def _write_pngs(out_dir: Path, first: int, mixed: torch.Tensor) -> None:
         array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
         buf = io.BytesIO()
         Image.fromarray(array).save(buf, format="PNG")
-        _atomic_write_bytes(buf.getvalue(), folder / f"{first + i:08d}.png")
+        atomic_write_bytes(buf.getvalue(), folder / f"{first + i:08d}.png")
 
 
 # -------------------------------------------------------------------------------- distributed --
@@ -836,7 +812,7 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
             info = _shard_info(j, count, stats, identity)
             blob = save(tensors, metadata=_header_metadata(info))
             path = out / shard_name(j)
-            _atomic_write_bytes(blob, path)
+            atomic_write_bytes(blob, path)
             sha = hashlib.sha256(blob).hexdigest()
             entries[j] = _entry_from_info(path, info, sha, round(stats.seconds, 3))
             run_kept += count

@@ -40,6 +40,7 @@ from . import data as sm_data
 from . import models
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .errors import UsageError
+from .training import non_negative_float, positive_int
 
 __all__ = ["add_parser", "run", "evaluate"]
 
@@ -48,26 +49,6 @@ MODEL_NAME = "model.pt"
 CARD_NAME = "card.json"
 # Arguments that must match between a checkpoint and a --resume run.
 _RESUME_MUST_MATCH = ("arch", "data", "as_cifar", "batch_size", "seed", "limit_train")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -88,23 +69,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
     p.add_argument("--as-cifar", action="store_true",
                    help="Fashion-MNIST as 3x32x32 (pad 2, repeat channels)")
-    p.add_argument("--image-size", type=_positive_int, default=224,
+    p.add_argument("--image-size", type=positive_int, default=224,
                    help="crop size for imagefolder data")
-    p.add_argument("--epochs", type=_positive_int, default=30)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=_non_negative_float, default=0.1, help="peak learning rate")
-    p.add_argument("--momentum", type=_non_negative_float, default=0.9)
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=non_negative_float, default=0.1, help="peak learning rate")
+    p.add_argument("--momentum", type=non_negative_float, default=0.9)
     p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--wd", type=_non_negative_float, default=5e-4, help="weight decay")
+    p.add_argument("--wd", type=non_negative_float, default=5e-4, help="weight decay")
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
                    help="cosine: per-iteration cosine decay to 0; step: x gamma at milestones")
     p.add_argument("--milestones", default=None,
                    help="step schedule: comma-separated epochs (default: 50%% and 75%% of "
                         "--epochs)")
-    p.add_argument("--gamma", type=_non_negative_float, default=0.1)
-    p.add_argument("--warmup-epochs", type=_non_negative_float, default=0.0,
+    p.add_argument("--gamma", type=non_negative_float, default=0.1)
+    p.add_argument("--warmup-epochs", type=non_negative_float, default=0.0,
                    help="linear warm-up length (may be fractional)")
-    p.add_argument("--label-smoothing", type=_non_negative_float, default=0.0)
+    p.add_argument("--label-smoothing", type=non_negative_float, default=0.0)
     p.add_argument("--randaugment", action="store_true",
                    help="add torchvision RandAugment (per-sample DataLoader path)")
     p.add_argument("--seed", type=int, default=0)
@@ -116,14 +97,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="continue from <out>/checkpoint.pt (starts fresh if there is none)")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader worker processes (the in-memory path does not use them)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch intra-op CPU threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (faster convolutions on CPU and GPU)")
-    p.add_argument("--limit-train", type=_positive_int, default=None,
+    p.add_argument("--limit-train", type=positive_int, default=None,
                    help="train on the first N images only (smoke tests)")
-    p.add_argument("--limit-test", type=_positive_int, default=None,
+    p.add_argument("--limit-test", type=positive_int, default=None,
                    help="evaluate on the first N test images only")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=run)

@@ -103,7 +103,7 @@ def render_rows(rows: Sequence[MixRow], out: str | os.PathLike, title: str | Non
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .generate import _atomic_write_bytes
+    from .checkpoint import atomic_write_bytes
 
     if not rows:
         raise ValueError("render_rows: no rows to draw")
@@ -156,7 +156,7 @@ def render_rows(rows: Sequence[MixRow], out: str | os.PathLike, title: str | Non
     path = Path(out)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(buf.getvalue(), path)
+    atomic_write_bytes(buf.getvalue(), path)
     return path
 
 
