@@ -121,7 +121,7 @@ def print_solver_table(write) -> None:
     write("")
     write(f"Solver on the shipped teacher: {NUM_BATCHES} batches x {BATCH} Fashion-MNIST test images, "
           f"max_iters={MAX_ITERS}, {torch.get_num_threads()} threads")
-    write(f"| method | s / batch | mean iters | success | ms / successful image |")
+    write("| method | s / batch | mean iters | success | ms / successful image |")
     write("|---|---:|---:|---:|---:|")
     for r in SOLVER_ROWS:
         tag = " (best of sweep)" if r.get("best_lr") else ""

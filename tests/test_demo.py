@@ -6,49 +6,19 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from supermix import cli
-from supermix.checkpoint import default_teacher_path, save_checkpoint
+from supermix.checkpoint import default_teacher_path
 from supermix.demo import run_demo
 from supermix.viz import MixRow, render_rows, topk_lines
 
-REPO = Path(__file__).resolve().parents[1]
+from testing import subprocess_env
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread, as the subprocesses get: on a shared 2-core machine two threads
-    per process can make the teacher's convolutions many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    paths = [str(REPO / "python"), str(REPO)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.pop("SUPERMIX_BACKEND", None)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory) -> Path:
-    from supermix import models
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "tiny.pt"
-    save_checkpoint(path, models.create("resnet8", num_classes=10, in_channels=1),
-                    {"arch": "resnet8", "num_classes": 10, "in_channels": 1})
-    return path
 
 
 def test_demo_with_shipped_teacher(tmp_path):
@@ -60,7 +30,7 @@ def test_demo_with_shipped_teacher(tmp_path):
     extra = ["--teacher", override] if override else []
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "supermix", "demo", "--out", str(out), *extra],
-                          env=_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == PNG_MAGIC

@@ -23,35 +23,14 @@ from supermix import generate as gen
 from supermix.checkpoint import default_teacher_path, save_checkpoint
 from supermix.generated import CorruptShardError, MixedDataset, verify_generated
 
-REPO = Path(__file__).resolve().parents[1]
+from testing import subprocess_env
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 PYTHON = sys.executable
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread, as the subprocesses get: on a shared 2-core machine two threads
-    per process can make the teacher's convolutions many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    paths = [str(REPO / "python"), str(REPO)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    # One thread per process: light on a shared machine, and the same float reductions in the
-    # single-process and torchrun runs that are compared byte for byte.
-    env["OMP_NUM_THREADS"] = "1"
-    env.pop("SUPERMIX_BACKEND", None)
-    return env
-
-
 def _supermix(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "supermix", *args], env=_env(), capture_output=True,
+    return subprocess.run([PYTHON, "-m", "supermix", *args], env=subprocess_env(), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -80,19 +59,6 @@ def _check_manifest(folder: Path, size: int) -> dict:
         assert key in manifest["config"]
     assert manifest["teacher"]["sha256"] and manifest["data"]["size"] > 0
     return manifest
-
-
-@pytest.fixture(scope="session")
-def tiny_teacher(tmp_path_factory) -> Path:
-    """A random ResNet-8 for 1x28x28 Fashion-MNIST (it predicts nearly one class: every mix
-    'succeeds' at once, which is all the format and resume checks need)."""
-    from supermix import models
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "tiny.pt"
-    net = models.create("resnet8", num_classes=10, in_channels=1)
-    save_checkpoint(path, net, {"arch": "resnet8", "num_classes": 10, "in_channels": 1,
-                                "data": "fashion-mnist", "input_size": [1, 28, 28]})
-    return path
 
 
 def _trained_teacher() -> Path:
@@ -175,7 +141,7 @@ def test_kill_minus_9_then_resume(tmp_path, real_teacher):
             "--batch-size", "16", "--method", "sgd", "--max-iters", "25", "--keep-failed",
             "--seed", "7", "--device", "cpu"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([PYTHON, "-m", "supermix", *args, "--out", str(killed)], env=_env(),
+    proc = subprocess.Popen([PYTHON, "-m", "supermix", *args, "--out", str(killed)], env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = killed / gen.shard_name(0)
     deadline = time.monotonic() + 240
@@ -289,7 +255,7 @@ def test_torchrun_two_processes_equal_single_process(tmp_path, request):
     proc = subprocess.Popen(
         [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "supermix", "generate", *common, "--out", str(two)],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=240)

@@ -3,11 +3,27 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
 from supermix_ext import ops
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict:
+    """Environment for ``python -m supermix`` subprocesses: the repo on PYTHONPATH, one thread
+    per process (light on a shared machine, and the same float reductions in single-process and
+    torchrun runs that are compared byte for byte), no backend override."""
+    env = dict(os.environ)
+    paths = [str(REPO / "python"), str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("SUPERMIX_BACKEND", None)
+    return env
+
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
