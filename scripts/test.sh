@@ -8,4 +8,7 @@ export SUPERMIX_REQUIRE_COMPILED=${SUPERMIX_REQUIRE_COMPILED:-1}
 if ! .venv/bin/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   export TRITON_INTERPRET=1
 fi
-exec .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
+.venv/bin/python -c "import supermix_ext, json; print('backends:', json.dumps(supermix_ext.backend_info()))"
+# Under CI every test is listed by name, so the log shows the CMake and Triton tests ran.
+verbosity=-q; [ -n "${CI:-}" ] && verbosity=-v
+exec .venv/bin/python -m pytest tests "$verbosity" -rs -p no:cacheprovider "$@"
