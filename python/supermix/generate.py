@@ -490,6 +490,9 @@ class _World:
 
     def close(self) -> None:
         if self.initialised and torch.distributed.is_initialized():
+            # Meet before tearing gloo down (see supermix.training.shutdown_distributed).
+            if sys.exc_info()[0] is None:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 

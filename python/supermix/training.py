@@ -343,6 +343,10 @@ def shutdown_distributed(info: DistInfo) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # A rank that tears gloo down while its peer still talks to it can abort the process
+            # ("terminate called without an active exception"): meet first, unless failing.
+            if sys.exc_info()[0] is None:
+                dist.barrier()
             dist.destroy_process_group()
 
 
