@@ -215,22 +215,13 @@ def _teacher_view(config: dict, data_name: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """``supermix distill``; returns the exit status."""
-    info = tr.init_distributed(args.device)
-    try:
-        return _run(args, info)
-    finally:
-        tr.shutdown_distributed(info)
+    return tr.run_command(args, _run)
 
 
 def _run(args, info: tr.DistInfo) -> int:
     from . import data as sm_data
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tr.resolve_hparams(args)
     weights = _weights(args)
-    if args.workers < 0:
-        raise UsageError(f"--workers: expected >= 0, got {args.workers}")
 
     teacher_path = Path(args.teacher) if args.teacher else default_teacher_path()
     if not teacher_path.is_file():

@@ -84,19 +84,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """``supermix train``; returns the exit status."""
-    info = tr.init_distributed(args.device)
-    try:
-        return _run(args, info)
-    finally:
-        tr.shutdown_distributed(info)
+    return tr.run_command(args, _run)
 
 
 def _run(args, info: tr.DistInfo) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tr.resolve_hparams(args)
-    if args.workers < 0:
-        raise UsageError(f"--workers: expected >= 0, got {args.workers}")
     if args.randaugment == "mixed" and args.mixed is None:
         raise UsageError("--randaugment mixed: there are no mixed images without --mixed DIR")
     if args.mixed is not None:

@@ -350,6 +350,21 @@ def shutdown_distributed(info: DistInfo) -> None:
             dist.destroy_process_group()
 
 
+def run_command(args, body: Callable[[Any, "DistInfo"], int]) -> int:
+    """Run a training command's ``body(args, info)`` inside the torchrun process group (if any),
+    after the settings every training command shares: threads, presets, data-loader workers."""
+    info = init_distributed(args.device)
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        resolve_hparams(args)
+        if args.workers < 0:
+            raise UsageError(f"--workers: expected >= 0, got {args.workers}")
+        return body(args, info)
+    finally:
+        shutdown_distributed(info)
+
+
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (a no-op in one process); returns it."""
     if info.distributed:
