@@ -28,9 +28,11 @@ from torch import nn
 from supermix_ext import mix, newton_step, resolve_backend
 from supermix_ext.reference import normalised_masks_ref
 
-__all__ = ["METHODS", "MixResult", "SolveStats", "sample_dirichlet", "cyclic_sources", "solve", "is_success"]
+__all__ = ["METHODS", "DEFAULT_METHOD", "MixResult", "SolveStats", "sample_dirichlet", "cyclic_sources", "solve", "is_success"]
 
 METHODS = ("newton_sp", "newton", "sgd")
+# The method that solve, the mixers and generate use when none is named.
+DEFAULT_METHOD = "newton_sp"
 
 
 @dataclass
@@ -175,7 +177,8 @@ def total_variation(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.T
 
 
 # --------------------------------------------------------------------------------- checks ----
-def _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mask_size, max_iters, method, lr):
+def _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mask_size, max_iters, method, lr,
+                      min_iters=0):
     if not isinstance(teacher, nn.Module) and not callable(teacher):
         raise TypeError(f"solve: teacher must be an nn.Module or callable, got {type(teacher).__name__}")
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
@@ -200,6 +203,8 @@ def _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mas
             raise ValueError(f"solve: {name} must be a finite number {expected}, got {value!r}")
     if not isinstance(max_iters, int) or max_iters < 0:
         raise ValueError(f"solve: max_iters must be an int >= 0, got {max_iters!r}")
+    if not isinstance(min_iters, int) or not 0 <= min_iters <= max_iters:
+        raise ValueError(f"solve: min_iters must be an int in [0, max_iters={max_iters}], got {min_iters!r}")
     h, w = mask_size
     H, W = images.shape[-2:]
     if not (1 <= h <= H and 1 <= w <= W):
@@ -237,7 +242,7 @@ def solve(
     sigma: float = 1.0,
     mask_size: int | tuple[int, int] = 8,
     max_iters: int = 50,
-    method: str = "newton_sp",
+    method: str = DEFAULT_METHOD,
     generator: torch.Generator | None = None,
     *,
     lr: float = 0.1,
@@ -246,6 +251,7 @@ def solve(
     backend: str | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    min_iters: int = 0,
 ) -> MixResult:
     """Mix a batch with SuperMix (Algorithm 1) or one of the Table 4 baselines.
 
@@ -266,6 +272,8 @@ def solve(
         backend: kernel backend for ``mix`` and ``newton_step`` (see ``supermix_ext.ops``).
         autocast_dtype: run the teacher under autocast in this dtype (bf16/fp16).
         channels_last: feed the teacher channels_last tensors.
+        min_iters: steps every sample takes before success may stop it (the original code
+            always takes one; 0 lets a uniform average that already succeeds stop at once).
 
     Returns:
         A ``MixResult`` with one mixed image per input image.
@@ -273,7 +281,8 @@ def solve(
     if isinstance(mask_size, int):
         mask_size = (mask_size, mask_size)
     mask_size = tuple(int(s) for s in mask_size)
-    _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mask_size, max_iters, method, lr)
+    _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mask_size, max_iters, method, lr,
+                      min_iters)
     start = time.perf_counter()
     device = images.device
     n_images = images.shape[0]
@@ -305,7 +314,7 @@ def solve(
 
         result = _iterate(
             teacher, images, sources, targets, present, num_present, k, lambda_s, lambda_tv, sigma,
-            mask_size, max_iters, method, lr, backend, autocast_dtype, channels_last, stats,
+            mask_size, max_iters, method, lr, backend, autocast_dtype, channels_last, stats, min_iters,
         )
     finally:
         if isinstance(teacher, nn.Module) and was_training:
@@ -319,7 +328,7 @@ def solve(
 
 
 def _iterate(teacher, images, sources, targets, present, num_present, k, lambda_s, lambda_tv, sigma,
-             mask_size, max_iters, method, lr, backend, autocast_dtype, channels_last, stats):
+             mask_size, max_iters, method, lr, backend, autocast_dtype, channels_last, stats, min_iters=0):
     """The shared loop: check, then step, on the active samples only."""
     device = images.device
     B = sources.shape[0]
@@ -342,10 +351,11 @@ def _iterate(teacher, images, sources, targets, present, num_present, k, lambda_
         stats.forward_samples += active.numel()
         log_probs = F.log_softmax(out, dim=1)
         probs = log_probs.detach().exp()
-        done = is_success(probs, present[active], num_present[active], k)
+        reached = is_success(probs, present[active], num_present[active], k)
+        done = reached & (t >= min_iters)
         mixed_out[active] = mixed.detach()
         probs_out[active] = probs
-        success[active] = done
+        success[active] = reached
         going = ~done
         if t == max_iters or not bool(going.any()):
             break
