@@ -38,14 +38,15 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
     """
     from supermix_ext import backend_info, resolve_backend
 
-    from .generate import _criterion, _load_teacher_for, _make_mixer, _resolve_device
+    from .generate import _criterion, _load_teacher_for, _make_mixer
+    from .runtime import resolve_device
     from .viz import render_rows, rows_from_result
 
     if batch_size < k:
         raise UsageError(f"--batch-size: expected >= k={k}, got {batch_size}")
     if rows < 1 or rows > batch_size:
         raise UsageError(f"--rows: expected 1..{batch_size}, got {rows}")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     teacher_path = Path(teacher) if teacher is not None else default_teacher_path()
     if not teacher_path.is_file():
         hint = (" (the shipped teacher is missing: train it with 'supermix train-teacher')"

@@ -72,6 +72,8 @@ from torch import nn
 from . import data as sdata
 from .checkpoint import atomic_write_bytes, atomic_write_text, default_teacher_path, load_teacher
 from .errors import MissingFileError, UsageError
+from .runtime import DistInfo, init_distributed, resolve_device, shutdown_distributed
+from .runtime import progress as run_progress
 
 __all__ = [
     "PRESETS",
@@ -469,46 +471,6 @@ def _write_pngs(out_dir: Path, first: int, mixed: torch.Tensor) -> None:
         atomic_write_bytes(buf.getvalue(), folder / f"{first + i:08d}.png")
 
 
-# -------------------------------------------------------------------------------- distributed --
-@dataclass
-class _World:
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-    initialised: bool = False
-
-    def barrier(self) -> None:
-        if self.initialised:
-            torch.distributed.barrier()
-
-    def gather(self, obj: Any) -> list[Any]:
-        if not self.initialised:
-            return [obj]
-        out: list[Any] = [None] * self.size
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.initialised and torch.distributed.is_initialized():
-            # Meet before tearing gloo down (see supermix.training.shutdown_distributed).
-            if sys.exc_info()[0] is None:
-                torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
-
-
-def _world_from_env(device: torch.device) -> _World:
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1 or "RANK" not in os.environ:
-        return _World()
-    import torch.distributed as dist
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
-        # Ranks wait for each other at the end of a generation that may take hours.
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(days=7))
-    return _World(rank=dist.get_rank(), size=dist.get_world_size(),
-                  local_rank=int(os.environ.get("LOCAL_RANK", "0")), initialised=True)
-
-
 # ---------------------------------------------------------------------------------- generate --
 def _check_out_dir(out_dir: Path) -> None:
     try:
@@ -539,18 +501,6 @@ def _remove_generated(out_dir: Path) -> None:
     if (out_dir / PNG_DIR).is_dir():
         shutil.rmtree(out_dir / PNG_DIR)
     _clean_temporaries(out_dir)
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise UsageError(f"--device: expected e.g. 'cpu', 'cuda' or 'cuda:1', got {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device: {device!r} asked for, but CUDA is not available")
-    return dev
 
 
 def _finished_shards(out_dir: Path, manifest: dict | None, identity: dict, quotas: list[int],
@@ -667,7 +617,7 @@ def generate(out_dir: str | os.PathLike, size: int, *, teacher: str | os.PathLik
         shard_size=shard_size, seed=seed, store=store, split=split, keep_failed=keep_failed)
     s["size"] = size
     _check_settings(s)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     out = Path(out_dir)
     teacher_path = Path(teacher) if teacher is not None else default_teacher_path()
     if not teacher_path.is_file():
@@ -679,21 +629,19 @@ def generate(out_dir: str | os.PathLike, size: int, *, teacher: str | os.PathLik
     except OSError as e:
         raise MissingFileError(f"--teacher: cannot read {teacher_path}: {e.strerror or e}") from e
 
-    world = _world_from_env(dev)
+    # Ranks wait for each other at the end of a generation that may take hours.
+    world = init_distributed(dev, timeout=datetime.timedelta(days=7))
     try:
-        if dev.type == "cuda" and world.size > 1:
-            dev = torch.device("cuda", world.local_rank)
-            torch.cuda.set_device(dev)
         return _generate(out, s, preset, preset_values, teacher_path, teacher_sha, data,
-                         data_root, dev, backend, export_png, overwrite, progress, arguments,
-                         world, log)
+                         data_root, world.device, backend, export_png, overwrite, progress,
+                         arguments, world, log)
     finally:
-        world.close()
+        shutdown_distributed(world)
 
 
 def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, teacher_sha: str,
               data: str, data_root, dev, backend, export_png, overwrite, progress, arguments,
-              world: _World, log) -> dict:
+              world: DistInfo, log) -> dict:
     from supermix_ext import resolve_backend
 
     name, root = sdata.parse_spec(data, data_root)
@@ -718,7 +666,7 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
     }
     identity = {key: identity[key] for key in IDENTITY_KEYS}
     quotas = shard_quotas(s["size"], s["shard_size"])
-    mine = [j for j in range(len(quotas)) if j % world.size == world.rank]
+    mine = [j for j in range(len(quotas)) if j % world.world == world.rank]
     overwrite_hint = "pass --overwrite to replace it, or choose another --out"
 
     manifest = read_manifest(out)
@@ -754,7 +702,7 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
         "teacher": {"path": str(teacher_path.resolve()), "sha256": teacher_sha,
                     "arch": teacher_model.supermix_config.get("arch"),
                     "num_classes": num_classes},
-        "runtime": {"device": str(dev), "backend": resolved_backend, "world_size": world.size,
+        "runtime": {"device": str(dev), "backend": resolved_backend, "world_size": world.world,
                     "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "export_png": bool(export_png)},
         "shard_count": len(quotas),
@@ -789,7 +737,8 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
     todo = [j for j in mine if j not in done]
     mixer = _make_mixer(s, teacher_model, backend)
     total = sum(quotas[j] for j in mine)
-    bar = _progress_bar(total, sum(quotas[j] for j in done), progress, world)
+    bar = run_progress(total, "generate", progress if world.is_main else False,
+                       initial=sum(quotas[j] for j in done), unit="img")
     running = {"generated": 0, "successes": 0, "iters": 0}
     run_kept = 0
     start = time.perf_counter()
@@ -819,7 +768,7 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
             sha = hashlib.sha256(blob).hexdigest()
             entries[j] = _entry_from_info(path, info, sha, round(stats.seconds, 3))
             run_kept += count
-            if world.size == 1:
+            if world.world == 1:
                 write_manifest(entries, False, time.perf_counter() - start, run_kept)
     finally:
         if bar is not None:
@@ -855,14 +804,6 @@ def _check_teacher_runs(teacher: nn.Module, source: _ImageSource, num_classes: i
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UsageError(f"--teacher: {path} returned {got} for {x.shape[0]} images, "
                          f"expected [{x.shape[0]}, {num_classes}]")
-
-
-def _progress_bar(total: int, initial: int, enabled: bool | None, world: _World):
-    if world.rank != 0 or enabled is False:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit="img", desc="generate", dynamic_ncols=True,
-                disable=None if enabled is None else False)
 
 
 # ------------------------------------------------------------------------------------- CLI ----

@@ -40,6 +40,7 @@ from . import data as sm_data
 from . import models
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .errors import UsageError
+from .runtime import progress, resolve_device
 from .training import non_negative_float, positive_int
 
 __all__ = ["add_parser", "run", "evaluate"]
@@ -225,18 +226,6 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
     return correct / max(1, n), loss_sum / max(1, n)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device: {name!r} asked, but torch sees no CUDA device")
-    return device
-
-
 def _rng_state(generator: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "loader": generator.get_state(),
              "python": list(random.getstate()[1])}
@@ -253,21 +242,11 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _progress(iterable, total: int, desc: str, disable: bool):
-    from tqdm import tqdm
-
-    interactive = sys.stderr.isatty()
-    # In a log file (nohup, CI) one line every 30 s instead of a redrawn bar.
-    interval = 0.5 if interactive else 30.0
-    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True,
-                mininterval=interval, maxinterval=max(10.0, interval), leave=interactive)
-
-
 def run(args) -> int:
     """Train as ``args`` (from :func:`add_parser`) says; returns the process exit status."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     data_name = sm_data.parse_spec(args.data, args.data_root)[0]
     out = Path(args.out or f"runs/teacher-{args.arch}-{data_name}")
@@ -330,9 +309,9 @@ def run(args) -> int:
         t0 = time.perf_counter()
         model.train()
         seen, correct, loss_sum = 0, 0, 0.0
-        bar = _progress(data.train, steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}",
-                        args.no_progress)
-        for x, y in bar:
+        bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}",
+                       not args.no_progress)
+        for x, y in data.train:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             logits = model(x)
@@ -347,6 +326,7 @@ def run(args) -> int:
             seen += y.shape[0]
             loss_sum += loss.item() * y.shape[0]
             correct += (logits.argmax(1) == y).sum().item()
+            bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                             refresh=False)
         bar.close()

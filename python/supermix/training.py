@@ -50,24 +50,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
-import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .errors import MissingFileError, UsageError
+from .runtime import (DistInfo, all_reduce_sum, autocast, derive_seed, init_distributed,
+                      make_generator, progress, resolve_device, seed_everything,
+                      shutdown_distributed)
 
 __all__ = [
     "PRESETS",
@@ -280,76 +279,6 @@ def step_lr(base_lr: float, epoch: int, decay_epochs: Sequence[int], rate: float
 # Devices and processes
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a device; ``cuda`` means cuda:local_rank."""
-    if name in (None, "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device: {name!r} asked, but torch sees no CUDA device")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
-
-
-@dataclass
-class DistInfo:
-    """This process's place in a torchrun job (world 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    initialised_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the torchrun process group if WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
-    if world <= 1:
-        return DistInfo(device=device)
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    here = False
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
-        here = True
-    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,
-                    device=device, initialised_here=here)
-
-
-def shutdown_distributed(info: DistInfo) -> None:
-    if info.initialised_here:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            # A rank that tears gloo down while its peer still talks to it can abort the process
-            # ("terminate called without an active exception"): meet first, unless failing.
-            if sys.exc_info()[0] is None:
-                dist.barrier()
-            dist.destroy_process_group()
-
-
 def run_command(args, body: Callable[[Any, "DistInfo"], int]) -> int:
     """Run a training command's ``body(args, info)`` inside the torchrun process group (if any),
     after the settings every training command shares: threads, presets, data-loader workers."""
@@ -363,22 +292,6 @@ def run_command(args, body: Callable[[Any, "DistInfo"], int]) -> int:
         return body(args, info)
     finally:
         shutdown_distributed(info)
-
-
-def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum ``tensor`` over ranks in place (a no-op in one process); returns it."""
-    if info.distributed:
-        import torch.distributed as dist
-
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -470,31 +383,6 @@ def _to_cpu_sync(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         out.add_module(name, _to_cpu_sync(child))
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Random streams
-
-
-def derive_seed(seed: int, *parts: Any) -> int:
-    """A 63-bit seed that is a pure function of (seed, parts), stable across runs and machines."""
-    digest = hashlib.blake2b(repr((int(seed),) + parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def make_generator(seed: int, *parts: Any, device: torch.device | str = "cpu") -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded with :func:`derive_seed` (seed, parts)."""
-    g = torch.Generator(device=device)
-    g.manual_seed(derive_seed(seed, *parts))
-    return g
-
-
-def seed_everything(seed: int, *parts: Any) -> None:
-    """Seed torch (CPU and CUDA), NumPy and ``random`` from (seed, parts)."""
-    s = derive_seed(seed, *parts)
-    torch.manual_seed(s)
-    np.random.seed(s % (2 ** 32))
-    random.seed(s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -665,13 +553,6 @@ def _eval_mode(model: nn.Module):
         model.train(was)
 
 
-def autocast(device: torch.device, amp: str):
-    """bf16 autocast on ``device`` when ``amp == "bf16"``, else a null context."""
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              device: torch.device, info: DistInfo | None = None, amp: str = "none",
@@ -694,15 +575,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     n = max(float(sums[3]), 1.0)
     return {"top1": float(sums[0]) / n, "top5": float(sums[1]) / n, "loss": float(sums[2]) / n,
             "images": int(sums[3])}
-
-
-def progress(total: int, desc: str, enabled: bool):
-    """A tqdm bar on stderr (rarely refreshed when stderr is not a terminal)."""
-    from tqdm import tqdm
-
-    interactive = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
-                mininterval=0.5 if interactive else 30.0, leave=interactive)
 
 
 def bank_stream(bank: ImageBank, targets: torch.Tensor, plan: EpochPlan,
@@ -1182,7 +1054,7 @@ def fit(state: TrainState, batches: Callable[[int], Iterator[Any]], step: StepFn
                             history=state.history, elapsed_s=state.elapsed, args=state.run_args,
                             start_record=state.start_record, resumes=state.resumes)
             write_log(state)
-    _barrier(info)
+    info.barrier()
     return state.history
 
 
