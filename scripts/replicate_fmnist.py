@@ -102,8 +102,8 @@ def write_mixed_set(out: Path, mixer_name: str, teacher_path: Path, labelled: in
     from safetensors.torch import save
 
     from supermix import data as sdata
-    from supermix.checkpoint import load_teacher
-    from supermix.generate import FORMAT, MANIFEST, shard_name
+    from supermix.teachers import load_teacher
+    from supermix.mixed_set import FORMAT, MANIFEST, shard_name
     from supermix.checkpoint import atomic_write_text
     from supermix.mixers import create_mixer
     from supermix.solver import is_success
@@ -387,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs at a time (one thread each)")
     args = p.parse_args(argv)
 
-    from supermix.checkpoint import default_teacher_path, load_checkpoint
+    from supermix.checkpoint import load_checkpoint
+    from supermix.teachers import default_teacher_path
 
     base = dict(QUICK if args.quick else FULL)
     for key in ("labelled", "kappa", "epochs", "batch_size", "limit_test"):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from supermix import cli
-from supermix.checkpoint import default_teacher_path
 from supermix.demo import run_demo
+from supermix.teachers import default_teacher_path
 from supermix.viz import MixRow, render_rows, topk_lines
 
 from testing import subprocess_env

@@ -239,7 +239,7 @@ def test_bad_arguments_give_one_line_and_status_2(assets, foreign_set, tmp_path)
 # ---------------------------------------------------------------------------- replication ----
 def test_quick_replication(tmp_path):
     """The whole Fashion-MNIST study on a tiny subset: every method trains and beats chance."""
-    from supermix.checkpoint import default_teacher_path
+    from supermix.teachers import default_teacher_path
 
     if not default_teacher_path().exists():
         pytest.skip(f"the shipped teacher {default_teacher_path()} is missing")

@@ -20,9 +20,11 @@ import torch
 
 from supermix import cli
 from supermix import generate as gen
-from supermix.checkpoint import default_teacher_path, save_checkpoint
-from supermix.generated import CorruptShardError, MixedDataset, verify_generated
+from supermix.checkpoint import save_checkpoint, sha256_file
+from supermix import mixed_set
+from supermix.mixed_set import CorruptShardError, MixedDataset, verify_mixed_set
 
+from supermix.teachers import default_teacher_path
 from testing import subprocess_env
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,18 +37,18 @@ def _supermix(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def _shard_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: gen.sha256_file(p) for p in sorted(folder.glob("shard-*.safetensors"))}
+    return {p.name: sha256_file(p) for p in sorted(folder.glob("shard-*.safetensors"))}
 
 
 def _check_manifest(folder: Path, size: int) -> dict:
     """The manifest is complete, lists every shard once with the right count and sha256."""
-    manifest = json.loads((folder / gen.MANIFEST).read_text())
+    manifest = json.loads((folder / mixed_set.MANIFEST).read_text())
     assert manifest["complete"] is True
     quotas = gen.shard_quotas(size, manifest["config"]["shard_size"])
     assert [e["shard"] for e in manifest["shards"]] == list(range(len(quotas)))
     assert [e["count"] for e in manifest["shards"]] == quotas
     for e in manifest["shards"]:
-        assert gen.sha256_file(folder / e["file"]) == e["sha256"], e["file"]
+        assert sha256_file(folder / e["file"]) == e["sha256"], e["file"]
     on_disk = sorted(p.name for p in folder.glob("shard-*.safetensors"))
     assert on_disk == [e["file"] for e in manifest["shards"]]
     assert not list(folder.glob(".*.tmp")), "temporary files left behind"
@@ -143,7 +145,7 @@ def test_kill_minus_9_then_resume(tmp_path, real_teacher):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([PYTHON, "-m", "supermix", *args, "--out", str(killed)], env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = killed / gen.shard_name(0)
+    first = killed / mixed_set.shard_name(0)
     deadline = time.monotonic() + 240
     try:
         while not first.exists():
@@ -154,8 +156,8 @@ def test_kill_minus_9_then_resume(tmp_path, real_teacher):
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (killed / gen.shard_name(2)).exists(), "the run finished before it was killed"
-    manifest = json.loads((killed / gen.MANIFEST).read_text())
+    assert not (killed / mixed_set.shard_name(2)).exists(), "the run finished before it was killed"
+    manifest = json.loads((killed / mixed_set.MANIFEST).read_text())
     assert manifest["complete"] is False
     # A temporary file a kill could leave mid-write is discarded on resume.
     (killed / ".shard-00001.safetensors.abc123.tmp").write_bytes(b"partial")
@@ -169,7 +171,7 @@ def test_kill_minus_9_then_resume(tmp_path, real_teacher):
 
     _check_manifest(killed, 48)
     assert _shard_hashes(killed) == _shard_hashes(full)
-    resumed_manifest = json.loads((killed / gen.MANIFEST).read_text())
+    resumed_manifest = json.loads((killed / mixed_set.MANIFEST).read_text())
     assert resumed_manifest["totals"]["this_run"]["kept"] < 48  # shard 0 was not redone
     # A third run finds everything done.
     again = _supermix(*args, "--out", str(killed))
@@ -181,10 +183,10 @@ def test_resume_from_shards_missing_in_manifest(tmp_path, tiny_teacher):
     shards) is resumed from the shard headers."""
     _generate(tmp_path, tiny_teacher, 40)
     before = _shard_hashes(tmp_path)
-    manifest = json.loads((tmp_path / gen.MANIFEST).read_text())
+    manifest = json.loads((tmp_path / mixed_set.MANIFEST).read_text())
     manifest["shards"] = manifest["shards"][:1]
     manifest["complete"] = False
-    (tmp_path / gen.MANIFEST).write_text(json.dumps(manifest))
+    (tmp_path / mixed_set.MANIFEST).write_text(json.dumps(manifest))
     mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*")}
     again = _generate(tmp_path, tiny_teacher, 40)
     assert again["totals"]["this_run"]["kept"] == 0
@@ -203,8 +205,8 @@ def test_deterministic_shards_depend_on_seed(tmp_path, tiny_teacher):
     # samples (the header, which records N, differs).
     from safetensors.torch import load_file
     _generate(tmp_path / "d", tiny_teacher, 40, seed=3)
-    a = load_file(tmp_path / "a" / gen.shard_name(0))
-    d = load_file(tmp_path / "d" / gen.shard_name(0))
+    a = load_file(tmp_path / "a" / mixed_set.shard_name(0))
+    d = load_file(tmp_path / "d" / mixed_set.shard_name(0))
     assert a.keys() == d.keys()
     for name in a:
         assert torch.equal(a[name], d[name]), name
@@ -214,15 +216,15 @@ def test_deterministic_shards_depend_on_seed(tmp_path, tiny_teacher):
 def test_corrupt_shard_is_detected_and_named(tmp_path, tiny_teacher):
     _generate(tmp_path, tiny_teacher, 40)
     good = _shard_hashes(tmp_path)
-    victim = tmp_path / gen.shard_name(1)
+    victim = tmp_path / mixed_set.shard_name(1)
     blob = bytearray(victim.read_bytes())
     for i in range(len(blob) - 64, len(blob) - 32):  # flip bytes inside the tensor data
         blob[i] ^= 0xFF
     victim.write_bytes(bytes(blob))
-    with pytest.raises(CorruptShardError, match=gen.shard_name(1)):
+    with pytest.raises(CorruptShardError, match=mixed_set.shard_name(1)):
         MixedDataset(tmp_path)
-    with pytest.raises(CorruptShardError, match=gen.shard_name(1)):
-        verify_generated(tmp_path)
+    with pytest.raises(CorruptShardError, match=mixed_set.shard_name(1)):
+        verify_mixed_set(tmp_path)
     # Without verification it still opens; verify() names the shard on demand.
     ds = MixedDataset(tmp_path, verify=False)
     with pytest.raises(CorruptShardError, match="shard-00001.safetensors is corrupt"):
@@ -231,14 +233,14 @@ def test_corrupt_shard_is_detected_and_named(tmp_path, tiny_teacher):
     notes: list[str] = []
     gen.generate(tmp_path, 40, teacher=tiny_teacher, shard_size=16, batch_size=16, max_iters=10,
                  device="cpu", progress=False, log=notes.append)
-    assert any(gen.shard_name(1) in n and "sha256" in n for n in notes), notes
+    assert any(mixed_set.shard_name(1) in n and "sha256" in n for n in notes), notes
     assert _shard_hashes(tmp_path) == good
     MixedDataset(tmp_path)
 
 
 def test_missing_shard_is_named(tmp_path, tiny_teacher):
     _generate(tmp_path, tiny_teacher, 20)
-    (tmp_path / gen.shard_name(1)).unlink()
+    (tmp_path / mixed_set.shard_name(1)).unlink()
     with pytest.raises(CorruptShardError, match=r"shard-00001\.safetensors is missing"):
         MixedDataset(tmp_path)
 
@@ -290,7 +292,7 @@ def test_other_settings_in_same_dir_is_an_error(tmp_path, tiny_teacher, capsys):
     assert err.count("\n") == 1 and err.startswith("supermix: error:")
     assert "max_iters" in err and "alpha" in err and "k (" not in err
     assert cli.main(argv + ["--overwrite"]) == 0
-    assert json.loads((tmp_path / gen.MANIFEST).read_text())["config"]["max_iters"] == 11
+    assert json.loads((tmp_path / mixed_set.MANIFEST).read_text())["config"]["max_iters"] == 11
 
 
 def _bad_teachers(tmp_path: Path) -> dict[str, Path]:
@@ -443,9 +445,9 @@ def test_mixed_dataset_items(tmp_path, tiny_teacher):
 
 def test_incomplete_set_is_refused(tmp_path, tiny_teacher):
     _generate(tmp_path, tiny_teacher, 20)
-    manifest = json.loads((tmp_path / gen.MANIFEST).read_text())
+    manifest = json.loads((tmp_path / mixed_set.MANIFEST).read_text())
     manifest["complete"] = False
-    (tmp_path / gen.MANIFEST).write_text(json.dumps(manifest))
+    (tmp_path / mixed_set.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(gen.UsageError, match="has not finished"):
         MixedDataset(tmp_path)
     assert len(MixedDataset(tmp_path, allow_incomplete=True)) == 20

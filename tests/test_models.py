@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from supermix import models
-from supermix.checkpoint import (MissingFileError, atomic_save, load_checkpoint, load_teacher,
+from supermix.checkpoint import (MissingFileError, atomic_save, load_checkpoint,
                                  save_checkpoint)
 from supermix.errors import UsageError
+from supermix.teachers import load_teacher
 
 ZOO = [name for name in models.available() if not name.startswith("tv:")]
 # The networks of the paper's tables must all be there under these names.

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from supermix import cli, data
-from supermix.checkpoint import default_teacher_path, load_checkpoint, load_teacher
+from supermix.checkpoint import load_checkpoint
+from supermix.teachers import default_teacher_path, load_teacher
 
 TEACHER = default_teacher_path()
 CARD = TEACHER.with_suffix(".json")

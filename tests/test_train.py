@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from supermix import training as tr
+from supermix.mixed_set import GeneratedSet
 from supermix.train import mixed_targets, soft_cross_entropy
 from train_helpers import (TINY, assert_one_line_error, assert_same_step, epochs, make_generated,
                            make_teacher, max_abs_diff, read_log, run_cli, run_main, run_torchrun,
@@ -34,7 +34,7 @@ def test_soft_cross_entropy_hand_values():
 def test_mixed_label_choices():
     probs = torch.tensor([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
     y_hat = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.3, 0.7]])
-    g = tr.GeneratedSet(path=None, images=torch.zeros(2, 1, 4, 4, dtype=torch.uint8),
+    g = GeneratedSet(path=None, images=torch.zeros(2, 1, 4, 4, dtype=torch.uint8),
                         y_hat=y_hat, teacher_probs=probs, manifest={})
     assert torch.equal(mixed_targets(g, "y_hat"), y_hat)
     assert torch.equal(mixed_targets(g, "teacher_probs"), probs)

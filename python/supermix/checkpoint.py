@@ -11,6 +11,7 @@ Files are written atomically: to a temporary file in the same folder, flushed an
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -28,14 +29,11 @@ __all__ = [
     "atomic_write_text",
     "save_checkpoint",
     "load_checkpoint",
-    "load_teacher",
-    "assets_dir",
-    "default_teacher_path",
-    "DEFAULT_TEACHER",
+    "sha256_file",
+    "REQUIRED_CONFIG",
 ]
 
-DEFAULT_TEACHER = "teacher_resnet20_fmnist.pt"
-_REQUIRED_CONFIG = ("arch", "num_classes", "in_channels")
+REQUIRED_CONFIG = ("arch", "num_classes", "in_channels")
 
 
 def _umask() -> int:
@@ -89,9 +87,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict, **e
         config: at least ``arch``, ``num_classes``, ``in_channels``; plain Python values.
         extra: more entries (optimizer state, epoch, RNG state, metrics).
     """
-    missing = [k for k in _REQUIRED_CONFIG if k not in config]
+    missing = [k for k in REQUIRED_CONFIG if k not in config]
     if missing:
-        raise UsageError(f"config: expected keys {list(_REQUIRED_CONFIG)}, missing {missing}")
+        raise UsageError(f"config: expected keys {list(REQUIRED_CONFIG)}, missing {missing}")
     for key in ("state_dict", "config"):
         if key in extra:
             raise UsageError(f"extra: {key!r} is reserved, got it as an extra entry")
@@ -134,43 +132,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return ckpt
 
 
-def load_teacher(path: str | os.PathLike | None = None, map_location: Any = "cpu") -> nn.Module:
-    """Rebuild the network a checkpoint describes, load its weights, return it in eval mode.
-
-    ``path=None`` loads the shipped default teacher (:func:`default_teacher_path`). The config
-    is attached to the module as ``model.supermix_config`` (data spec, normalisation, accuracy).
-    """
-    from . import models
-
-    path = default_teacher_path() if path is None else Path(path)
-    ckpt = load_checkpoint(path, map_location)
-    config = ckpt["config"]
-    missing = [k for k in _REQUIRED_CONFIG if k not in config]
-    if missing:
-        raise MissingFileError(f"checkpoint: {path}: config lacks {missing}")
-    model = models.create(config["arch"], num_classes=int(config["num_classes"]),
-                          in_channels=int(config["in_channels"]))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise MissingFileError(f"checkpoint: {path}: weights do not fit {config['arch']!r}: "
-                               f"{str(e).splitlines()[0]}") from e
-    model.supermix_config = dict(config)
-    if isinstance(map_location, (str, torch.device)):
-        model.to(map_location)
-    return model.eval()
 
 
-def assets_dir() -> Path:
-    """Folder of the files shipped inside the package (the default teacher and its card).
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                return h.hexdigest()
+            h.update(block)
 
-    The package is installed unzipped, so the folder beside this module is the resource folder
-    (``importlib.resources`` would give the same path, but not for a namespace-package checkout).
-    """
-    return Path(__file__).resolve().parent / "assets"
 
+def __getattr__(name: str):
+    # The teacher functions moved to supermix.teachers; the documented imports
+    # ``from supermix.checkpoint import load_teacher, default_teacher_path`` keep working.
+    if name in ("load_teacher", "default_teacher_path", "assets_dir", "DEFAULT_TEACHER"):
+        from . import teachers
 
-def default_teacher_path() -> Path:
-    """Path of the shipped ResNet-20 Fashion-MNIST teacher (may not exist in a source tree
-    where it has not been trained yet; :func:`load_teacher` then says so)."""
-    return assets_dir() / DEFAULT_TEACHER
+        return getattr(teachers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

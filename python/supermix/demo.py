@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from . import data as sdata
-from .checkpoint import default_teacher_path
-from .errors import MissingFileError, UsageError
+from .errors import UsageError
+from .teachers import load_teacher_for, locate_teacher
 
 __all__ = ["run_demo", "add_parser", "run"]
 
@@ -38,7 +37,7 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
     """
     from supermix_ext import backend_info, resolve_backend
 
-    from .generate import _criterion, _load_teacher_for, _make_mixer
+    from .generate import _criterion, _make_mixer
     from .runtime import resolve_device
     from .viz import render_rows, rows_from_result
 
@@ -47,12 +46,8 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
     if rows < 1 or rows > batch_size:
         raise UsageError(f"--rows: expected 1..{batch_size}, got {rows}")
     dev = resolve_device(device)
-    teacher_path = Path(teacher) if teacher is not None else default_teacher_path()
-    if not teacher_path.is_file():
-        hint = (" (the shipped teacher is missing: train it with 'supermix train-teacher')"
-                if teacher is None else "")
-        raise MissingFileError(f"--teacher: no file at {teacher_path}{hint}")
-    model, as_cifar, mean, std = _load_teacher_for(teacher_path, DEMO_DATA, None, dev)
+    teacher_path = locate_teacher(teacher)
+    model, as_cifar, mean, std = load_teacher_for(teacher_path, DEMO_DATA, None, dev)
     try:
         used_backend = resolve_backend(dev, backend)
     except (ValueError, RuntimeError) as e:

@@ -44,8 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from . import models
-from .checkpoint import default_teacher_path, load_teacher
-from .errors import MissingFileError, UsageError
+from .errors import UsageError
+from .mixed_set import load_mixed_set
+from .teachers import check_teacher_fits, load_teacher, locate_teacher
 from . import training as tr
 
 __all__ = [
@@ -205,29 +206,16 @@ def _weights(args) -> DistillWeights:
     return w
 
 
-def _teacher_view(config: dict, data_name: str) -> bool:
-    """Whether the teacher sees Fashion-MNIST as 3x32x32 (trained with --as-cifar)."""
-    size = config.get("input_size")
-    return data_name == "fashion-mnist" and (
-        bool(config.get("as_cifar")) or (int(config["in_channels"]) == 3 and size is not None
-                                         and list(size)[1:] == [32, 32]))
-
-
 def run(args: argparse.Namespace) -> int:
     """``supermix distill``; returns the exit status."""
     return tr.run_command(args, _run)
 
 
 def _run(args, info: tr.DistInfo) -> int:
-    from . import data as sm_data
 
     weights = _weights(args)
 
-    teacher_path = Path(args.teacher) if args.teacher else default_teacher_path()
-    if not teacher_path.is_file():
-        hint = (" (the shipped teacher is missing: train it with 'supermix train-teacher')"
-                if args.teacher is None else "")
-        raise MissingFileError(f"--teacher: no file at {teacher_path}{hint}")
+    teacher_path = locate_teacher(args.teacher)
     args.teacher = str(teacher_path.resolve())
     if args.mixed is not None:
         args.mixed = str(Path(args.mixed).resolve())
@@ -237,24 +225,16 @@ def _run(args, info: tr.DistInfo) -> int:
     if not spec:
         raise UsageError(f"--data: {teacher_path} does not say which data it was trained on; "
                          f"pass --data")
-    name, _ = sm_data.parse_spec(spec, args.data_root)
-    as_cifar = _teacher_view(tconfig, name)
+    as_cifar = check_teacher_fits(teacher_path, tconfig, spec, args.data_root)
     data = tr.LabelledData(spec, args.data_root, as_cifar=as_cifar, mean=tconfig.get("mean"),
                           std=tconfig.get("std"), limit_train=args.limit_train,
                           limit_test=args.limit_test, download=args.download,
                           image_size=args.image_size, workers=args.workers)
     t_classes = int(tconfig["num_classes"])
-    if t_classes != data.num_classes:
-        raise UsageError(f"--teacher: {teacher_path} predicts {t_classes} classes, but the "
-                         f"student of data {spec!r} needs {data.num_classes}")
-    t_channels = int(tconfig["in_channels"])
-    if t_channels != data.shape[0]:
-        raise UsageError(f"--teacher: {teacher_path} takes {t_channels}-channel images, the data "
-                         f"{spec!r} gives {data.shape[0]}")
 
     generated = None
     if args.mixed is not None:
-        generated = tr.load_generated(args.mixed, limit=args.limit_mixed)
+        generated = load_mixed_set(args.mixed, limit=args.limit_mixed)
         tr.check_generated(generated, data, t_classes)
 
     out = Path(args.out or f"runs/distill-{args.student}-{data.name}")

@@ -53,16 +53,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
-import json
 import math
 import os
-import re
-import shutil
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -70,32 +64,29 @@ import torch
 from torch import nn
 
 from . import data as sdata
-from .checkpoint import atomic_write_bytes, atomic_write_text, default_teacher_path, load_teacher
+from .checkpoint import sha256_file
+from .mixed_set import (FORMAT, FORMAT_VERSION, MANIFEST, PNG_DIR, ShardStats, check_out_dir,
+                        clean_temporaries, describe_diff, differing_keys, finished_shards,
+                        read_manifest, remove_set, shard_name, to_stored, totals, write_manifest,
+                        write_pngs, write_shard)
 from .errors import MissingFileError, UsageError
+from .teachers import check_teacher_runs, describe_teacher, load_teacher_for, locate_teacher
 from .runtime import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from .runtime import progress as run_progress
 
 __all__ = [
     "PRESETS",
     "DEFAULTS",
-    "MANIFEST",
     "MAX_DRAW_FACTOR",
     "GenerationError",
     "generate",
     "resolve_settings",
-    "shard_name",
     "shard_quotas",
     "shard_seed",
-    "sha256_file",
-    "read_manifest",
     "add_parser",
     "run",
 ]
 
-FORMAT = "supermix-generated"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-PNG_DIR = "png"
 # A shard that drops failures stops after drawing this many times its quota of images.
 MAX_DRAW_FACTOR = 20
 
@@ -127,17 +118,8 @@ IDENTITY_KEYS = (
     "lambda_s", "sigma", "mask_size", "method", "max_iters", "keep_failed", "store",
 )
 
-_SHARD_RE = re.compile(r"^shard-(\d{5,})\.safetensors$")
-
-
 class GenerationError(UsageError):
     """Generation cannot finish with these settings (e.g. too few samples reach the criterion)."""
-
-
-# ------------------------------------------------------------------------------------ helpers --
-def shard_name(j: int) -> str:
-    """File name of shard j."""
-    return f"shard-{j:05d}.safetensors"
 
 
 def shard_quotas(size: int, shard_size: int) -> list[int]:
@@ -149,48 +131,6 @@ def shard_quotas(size: int, shard_size: int) -> list[int]:
 def shard_seed(seed: int, j: int) -> int:
     """Seed of shard j's generators: a pure function of (seed, j)."""
     return (int(seed) * 1_000_003 + int(j)) % (2 ** 63)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                return h.hexdigest()
-            h.update(block)
-
-
-def _json_dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
-
-
-def read_manifest(out_dir: str | os.PathLike) -> dict | None:
-    """The manifest of a generated folder, or None when there is none.
-
-    Raises:
-        UsageError: the file exists but is not a supermix manifest.
-    """
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"manifest: {path} is unreadable or not JSON ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UsageError(f"manifest: {path} is not a {FORMAT} manifest")
-    return manifest
-
-
-def _differing_keys(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [k for k in keys if old.get(k) != new.get(k)]
-
-
-def _describe_diff(old: dict, new: dict, keys: list[str]) -> str:
-    return ", ".join(f"{k} (was {old.get(k)!r}, now {new.get(k)!r})" for k in keys)
 
 
 # ---------------------------------------------------------------------------------- settings --
@@ -282,40 +222,6 @@ class _ImageSource:
         return (x.float() * self.std.to(x.device) + self.mean.to(x.device)).clamp_(0.0, 1.0)
 
 
-def _teacher_input(config: dict, data_name: str, data_channels: int) -> tuple[bool, int]:
-    """(as_cifar, teacher channels): Fashion-MNIST is shown as 3x32x32 to a 3-channel teacher
-    trained on that view."""
-    in_channels = int(config["in_channels"])
-    input_size = config.get("input_size")
-    as_cifar = bool(config.get("as_cifar", False)) or (
-        data_name == "fashion-mnist" and in_channels == 3 and input_size is not None
-        and list(input_size)[1:] == [32, 32])
-    return as_cifar and data_name == "fashion-mnist", in_channels
-
-
-def _load_teacher_for(teacher_path: Path, spec: str, root: str | None, device: torch.device):
-    """Load the teacher and check it fits the data (channels, classes)."""
-    teacher = load_teacher(teacher_path, map_location=device)
-    config = teacher.supermix_config
-    name, _ = sdata.parse_spec(spec, root)
-    data_channels = sdata.image_shape(name)[0]
-    as_cifar, in_channels = _teacher_input(config, name, data_channels)
-    expected = 3 if as_cifar else data_channels
-    if in_channels != expected:
-        raise UsageError(
-            f"--teacher: {teacher_path} takes {in_channels}-channel images, but the data "
-            f"{spec!r} has {data_channels} channel(s)")
-    classes = sdata.num_classes(spec, root)
-    if int(config["num_classes"]) != classes:
-        raise UsageError(
-            f"--teacher: {teacher_path} predicts {config['num_classes']} classes, but the data "
-            f"{spec!r} has {classes}")
-    mean, std = sdata.stats(name)
-    mean = config.get("mean", mean)
-    std = config.get("std", std)
-    return teacher, as_cifar, [float(v) for v in mean], [float(v) for v in std]
-
-
 # ------------------------------------------------------------------------------------ mixing --
 def _make_mixer(s: dict, teacher: nn.Module, backend: str | None):
     from .mixers import create_mixer
@@ -334,25 +240,8 @@ def _criterion(result, k: int) -> torch.Tensor:
     return is_success(result.probs, present, present.sum(dim=1), k)
 
 
-@dataclass
-class _ShardStats:
-    generated: int = 0
-    successes: int = 0
-    iters_sum: int = 0
-    failed_dropped: int = 0
-    surplus_dropped: int = 0
-    batches: int = 0
-    seconds: float = 0.0
-
-
-def _quantise(pixels: torch.Tensor, store: str) -> torch.Tensor:
-    if store == "uint8":
-        return pixels.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return pixels.to(torch.float16)
-
-
 def _generate_shard(j: int, quota: int, s: dict, source: _ImageSource, mixer, device,
-                    progress: Callable[[int, _ShardStats], None]) -> tuple[dict, _ShardStats]:
+                    progress: Callable[[int, ShardStats], None]) -> tuple[dict, ShardStats]:
     """Mix batches until shard j holds ``quota`` samples; returns its tensors and statistics."""
     seed = shard_seed(s["seed"], j)
     index_gen = torch.Generator().manual_seed(seed)
@@ -360,7 +249,7 @@ def _generate_shard(j: int, quota: int, s: dict, source: _ImageSource, mixer, de
     blind = s["mixer"] != "supermix"
     keep_all = s["keep_failed"] or blind
     n_data = len(source)
-    stats = _ShardStats()
+    stats = ShardStats()
     parts: dict[str, list[torch.Tensor]] = {}
     kept = 0
     start = time.perf_counter()
@@ -394,7 +283,7 @@ def _generate_shard(j: int, quota: int, s: dict, source: _ImageSource, mixer, de
             continue
         rows_dev = rows.to(result.mixed.device)
         fields = {
-            "mixed": _quantise(source.to_pixels(result.mixed[rows_dev]).cpu(), s["store"]),
+            "mixed": to_stored(source.to_pixels(result.mixed[rows_dev]).cpu(), s["store"]),
             "sources": index[result.sources.cpu()[rows]].to(torch.int64),
             "r": result.weights[rows_dev].float().cpu(),
             "y_hat": result.targets[rows_dev].float().cpu(),
@@ -412,152 +301,6 @@ def _generate_shard(j: int, quota: int, s: dict, source: _ImageSource, mixer, de
     stats.seconds = time.perf_counter() - start
     tensors = {name: torch.cat(values).contiguous() for name, values in parts.items()}
     return tensors, stats
-
-
-def _shard_info(j: int, count: int, stats: _ShardStats, identity: dict) -> dict:
-    """What a shard's header records: deterministic (no timing), so equal settings give equal
-    bytes."""
-    return {
-        "format": FORMAT, "version": FORMAT_VERSION, "shard": j, "count": count,
-        "generated": stats.generated, "successes": stats.successes,
-        "iters_sum": stats.iters_sum, "failed_dropped": stats.failed_dropped,
-        "surplus_dropped": stats.surplus_dropped, "config": identity,
-    }
-
-
-def _header_metadata(info: dict) -> dict[str, str]:
-    # One key: safetensors writes the metadata map in hash order, so several keys would make
-    # the bytes (and the sha256) of equal shards differ between processes.
-    return {"supermix": json.dumps(info, sort_keys=True)}
-
-
-def _entry_from_info(path: Path, info: dict, sha: str, seconds: float | None) -> dict:
-    return {
-        "file": path.name, "shard": int(info["shard"]), "count": int(info["count"]),
-        "sha256": sha, "bytes": path.stat().st_size, "generated": int(info["generated"]),
-        "successes": int(info["successes"]), "iters_sum": int(info["iters_sum"]),
-        "failed_dropped": int(info["failed_dropped"]),
-        "surplus_dropped": int(info["surplus_dropped"]), "seconds": seconds,
-    }
-
-
-def _read_shard_info(path: Path) -> dict | None:
-    """The header record of a finished shard, or None if it is not a readable shard."""
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = set(f.keys())
-        info = json.loads(meta["supermix"])
-    except Exception:  # noqa: BLE001 -- any parse error means "not a finished shard"
-        return None
-    if not isinstance(info, dict) or info.get("format") != FORMAT or "mixed" not in keys:
-        return None
-    return info
-
-
-def _write_pngs(out_dir: Path, first: int, mixed: torch.Tensor) -> None:
-    """Each image [C,H,W] as ``png/<global sample number>.png`` (grey for one channel)."""
-    import io
-
-    from PIL import Image
-    folder = out_dir / PNG_DIR
-    folder.mkdir(exist_ok=True)
-    images = mixed if mixed.dtype == torch.uint8 else _quantise(mixed.float(), "uint8")
-    for i, image in enumerate(images):
-        array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
-        buf = io.BytesIO()
-        Image.fromarray(array).save(buf, format="PNG")
-        atomic_write_bytes(buf.getvalue(), folder / f"{first + i:08d}.png")
-
-
-# ---------------------------------------------------------------------------------- generate --
-def _check_out_dir(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=out_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UsageError(f"--out: cannot write to {out_dir}: {e.strerror or e}") from e
-
-
-def _clean_temporaries(out_dir: Path) -> int:
-    removed = 0
-    for folder in (out_dir, out_dir / PNG_DIR):
-        if not folder.is_dir():
-            continue
-        for entry in folder.iterdir():
-            if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
-                entry.unlink(missing_ok=True)
-                removed += 1
-    return removed
-
-
-def _remove_generated(out_dir: Path) -> None:
-    for entry in out_dir.iterdir():
-        if entry.name == MANIFEST or _SHARD_RE.match(entry.name):
-            entry.unlink()
-    if (out_dir / PNG_DIR).is_dir():
-        shutil.rmtree(out_dir / PNG_DIR)
-    _clean_temporaries(out_dir)
-
-
-def _finished_shards(out_dir: Path, manifest: dict | None, identity: dict, quotas: list[int],
-                     mine: list[int], overwrite_hint: str) -> tuple[dict[int, dict], list[str]]:
-    """Shards of ``mine`` already on disk and valid, as manifest entries; plus warnings."""
-    listed = {int(e["shard"]): e for e in (manifest or {}).get("shards", [])}
-    done: dict[int, dict] = {}
-    warnings: list[str] = []
-    for j in mine:
-        path = out_dir / shard_name(j)
-        if not path.is_file():
-            continue
-        info = _read_shard_info(path)
-        if info is None:
-            warnings.append(f"{path.name}: unreadable, generating it again")
-            continue
-        config = info.get("config", {})
-        if config != identity:
-            keys = _differing_keys(config, identity)
-            raise UsageError(
-                f"--out: {path} was generated with other settings: "
-                f"{_describe_diff(config, identity, keys)}; {overwrite_hint}")
-        sha = sha256_file(path)
-        entry = listed.get(j)
-        if entry is not None and entry.get("sha256") != sha:
-            warnings.append(f"{path.name}: sha256 differs from the manifest, generating it again")
-            continue
-        if int(info["count"]) != quotas[j] or int(info["shard"]) != j:
-            warnings.append(f"{path.name}: holds {info['count']} samples of shard "
-                            f"{info['shard']}, expected {quotas[j]} of shard {j}; "
-                            f"generating it again")
-            continue
-        seconds = entry.get("seconds") if entry is not None else None
-        done[j] = _entry_from_info(path, info, sha, seconds)
-    return done, warnings
-
-
-def _totals(entries: list[dict], size: int, run_seconds: float, run_kept: int,
-            previous_speed: float | None = None) -> dict:
-    """Totals over the finished shards. ``images_per_s`` is kept samples per wall-clock second
-    of this run (of the last run that generated anything, when this one found all done)."""
-    generated = sum(e["generated"] for e in entries)
-    kept = sum(e["count"] for e in entries)
-    return {
-        "size": size,
-        "shards_done": len(entries),
-        "generated": generated,
-        "kept": kept,
-        "failed_dropped": sum(e["failed_dropped"] for e in entries),
-        "surplus_dropped": sum(e["surplus_dropped"] for e in entries),
-        "success_rate": (sum(e["successes"] for e in entries) / generated) if generated else None,
-        "mean_iters": (sum(e["iters_sum"] for e in entries) / generated) if generated else None,
-        "this_run": {"kept": run_kept, "seconds": round(run_seconds, 3),
-                     "images_per_s": round(run_kept / run_seconds, 2) if run_seconds > 0 else None},
-        "images_per_s": (round(run_kept / run_seconds, 2) if run_seconds > 0 and run_kept
-                         else previous_speed),
-    }
 
 
 def generate(out_dir: str | os.PathLike, size: int, *, teacher: str | os.PathLike | None = None,
@@ -619,11 +362,7 @@ def generate(out_dir: str | os.PathLike, size: int, *, teacher: str | os.PathLik
     _check_settings(s)
     dev = resolve_device(device)
     out = Path(out_dir)
-    teacher_path = Path(teacher) if teacher is not None else default_teacher_path()
-    if not teacher_path.is_file():
-        hint = (" (the shipped teacher is missing: train it with 'supermix train-teacher')"
-                if teacher is None else "")
-        raise MissingFileError(f"--teacher: no file at {teacher_path}{hint}")
+    teacher_path = locate_teacher(teacher)
     try:
         teacher_sha = sha256_file(teacher_path)
     except OSError as e:
@@ -645,7 +384,7 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
     from supermix_ext import resolve_backend
 
     name, root = sdata.parse_spec(data, data_root)
-    teacher_model, as_cifar, mean, std = _load_teacher_for(teacher_path, data, data_root, dev)
+    teacher_model, as_cifar, mean, std = load_teacher_for(teacher_path, data, data_root, dev)
     try:
         resolved_backend = resolve_backend(dev, backend)
     except (ValueError, RuntimeError) as e:
@@ -654,9 +393,10 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
     if len(source) < s["k"]:
         raise UsageError(f"--data: {data!r} has {len(source)} images, fewer than k={s['k']}")
     num_classes = int(teacher_model.supermix_config["num_classes"])
-    _check_teacher_runs(teacher_model, source, num_classes, teacher_path)
+    check_teacher_runs(teacher_model, source.batch(torch.arange(min(2, len(source)))),
+                       num_classes, teacher_path)
 
-    _check_out_dir(out)
+    check_out_dir(out)
     data_spec = name if root is None else f"{name}:{os.path.abspath(root)}"
     identity = {
         "format": f"{FORMAT}/{FORMAT_VERSION}", "teacher_sha256": teacher_sha, "data": data_spec,
@@ -672,21 +412,21 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
     manifest = read_manifest(out)
     if manifest is not None and not overwrite:
         old = manifest.get("config", {})
-        keys = _differing_keys(old, identity)
+        keys = differing_keys(old, identity)
         if keys:
             raise UsageError(f"--out: {out / MANIFEST} was written with other settings: "
-                             f"{_describe_diff(old, identity, keys)}; {overwrite_hint}")
+                             f"{describe_diff(old, identity, keys)}; {overwrite_hint}")
     if overwrite:
         manifest = None
     if world.rank == 0:
         if overwrite:
-            _remove_generated(out)
-        removed = _clean_temporaries(out)
+            remove_set(out)
+        removed = clean_temporaries(out)
         if removed:
             log(f"supermix generate: removed {removed} partial temporary file(s) in {out}")
     world.barrier()
 
-    done, warnings = _finished_shards(out, manifest, identity, quotas, mine, overwrite_hint)
+    done, warnings = finished_shards(out, manifest, identity, quotas, mine, overwrite_hint)
     for w in warnings:
         log(f"supermix generate: {w}")
 
@@ -699,9 +439,7 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
         "data": {"spec": data_spec, "given": data, "split": s["split"], "size": len(source),
                  "image_shape": list(source.shape), "mean": mean, "std": std,
                  "as_cifar": as_cifar, "class_names": list(sdata.class_names(data, data_root))},
-        "teacher": {"path": str(teacher_path.resolve()), "sha256": teacher_sha,
-                    "arch": teacher_model.supermix_config.get("arch"),
-                    "num_classes": num_classes},
+        "teacher": describe_teacher(teacher_path, teacher_model, teacher_sha),
         "runtime": {"device": str(dev), "backend": resolved_backend, "world_size": world.world,
                     "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "export_png": bool(export_png)},
@@ -710,12 +448,12 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
 
     previous_speed = ((manifest or {}).get("totals") or {}).get("images_per_s")
 
-    def write_manifest(entries: dict[int, dict], complete: bool, seconds: float, kept: int) -> dict:
+    def update_manifest(entries: dict[int, dict], complete: bool, seconds: float, kept: int) -> dict:
         ordered = [entries[j] for j in sorted(entries)]
         m = dict(header, complete=complete, shards=ordered,
-                 totals=_totals(ordered, s["size"], seconds, kept, previous_speed),
+                 totals=totals(ordered, s["size"], seconds, kept, previous_speed),
                  updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-        atomic_write_text(_json_dump(m), out / MANIFEST)
+        write_manifest(out, m)
         return m
 
     # Single process: the manifest follows every finished shard. Under torchrun only rank 0
@@ -725,7 +463,7 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
     for part in world.gather(done):
         known.update(part)
     if world.rank == 0:
-        write_manifest(known, False, 0.0, 0)
+        update_manifest(known, False, 0.0, 0)
 
     if export_png:  # a set finished without --export-png gets its PNGs now
         for j in done:
@@ -733,7 +471,7 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
             names = [out / PNG_DIR / f"{first + i:08d}.png" for i in range(quotas[j])]
             if not all(p.is_file() for p in names):
                 from safetensors.torch import load_file
-                _write_pngs(out, first, load_file(out / shard_name(j))["mixed"])
+                write_pngs(out, first, load_file(out / shard_name(j))["mixed"])
     todo = [j for j in mine if j not in done]
     mixer = _make_mixer(s, teacher_model, backend)
     total = sum(quotas[j] for j in mine)
@@ -746,7 +484,7 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
         for j in todo:
             base = dict(running)
 
-            def on_batch(n_kept: int, st: _ShardStats, base=base) -> None:
+            def on_batch(n_kept: int, st: ShardStats, base=base) -> None:
                 running.update(generated=base["generated"] + st.generated,
                                successes=base["successes"] + st.successes,
                                iters=base["iters"] + st.iters_sum)
@@ -759,17 +497,11 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
             tensors, stats = _generate_shard(j, quotas[j], s, source, mixer, dev, on_batch)
             count = tensors["mixed"].shape[0]
             if export_png:
-                _write_pngs(out, j * s["shard_size"], tensors["mixed"])
-            from safetensors.torch import save
-            info = _shard_info(j, count, stats, identity)
-            blob = save(tensors, metadata=_header_metadata(info))
-            path = out / shard_name(j)
-            atomic_write_bytes(blob, path)
-            sha = hashlib.sha256(blob).hexdigest()
-            entries[j] = _entry_from_info(path, info, sha, round(stats.seconds, 3))
+                write_pngs(out, j * s["shard_size"], tensors["mixed"])
+            entries[j] = write_shard(out, j, tensors, stats, identity)
             run_kept += count
             if world.world == 1:
-                write_manifest(entries, False, time.perf_counter() - start, run_kept)
+                update_manifest(entries, False, time.perf_counter() - start, run_kept)
     finally:
         if bar is not None:
             bar.close()
@@ -784,26 +516,12 @@ def _generate(out: Path, s: dict, preset, preset_values, teacher_path: Path, tea
         missing = [j for j in range(len(quotas)) if j not in all_entries]
         if missing:
             raise GenerationError(f"shards {missing} were not generated")
-        result = write_manifest(all_entries, True, max(p["seconds"] for p in gathered),
+        result = update_manifest(all_entries, True, max(p["seconds"] for p in gathered),
                                 sum(p["kept"] for p in gathered))
     world.barrier()
     if world.rank != 0:
         result = read_manifest(out) or {}
     return result
-
-
-def _check_teacher_runs(teacher: nn.Module, source: _ImageSource, num_classes: int, path: Path):
-    x = source.batch(torch.arange(min(2, len(source))))
-    try:
-        with torch.no_grad():
-            out = teacher(x)
-    except Exception as e:  # noqa: BLE001 -- a shape error inside the network
-        raise UsageError(f"--teacher: {path} does not accept images of shape "
-                         f"{list(x.shape[1:])}: {str(e).splitlines()[0] if str(e) else e}") from e
-    if not isinstance(out, torch.Tensor) or list(out.shape) != [x.shape[0], num_classes]:
-        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UsageError(f"--teacher: {path} returned {got} for {x.shape[0]} images, "
-                         f"expected [{x.shape[0]}, {num_classes}]")
 
 
 # ------------------------------------------------------------------------------------- CLI ----

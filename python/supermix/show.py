@@ -24,7 +24,7 @@ def show(root: str, out: str, num: int = 8, start: int = 0, verify: bool = True,
     from supermix_ext.reference import normalised_masks_ref
 
     from .generate import _ImageSource
-    from .generated import MixedDataset
+    from .mixed_set import MixedDataset
     from .viz import MixRow, render_rows, topk_lines
 
     log = log or (lambda msg: print(msg, file=sys.stderr))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from . import models
 from . import training as tr
 from .errors import UsageError
+from .mixed_set import GeneratedSet, load_mixed_set
 
 __all__ = ["soft_cross_entropy", "MIXED_LABELS", "add_parser", "run"]
 
@@ -42,7 +43,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-def mixed_targets(generated: tr.GeneratedSet, label: str) -> torch.Tensor:
+def mixed_targets(generated: GeneratedSet, label: str) -> torch.Tensor:
     """Soft labels [n', classes] of a generated set for ``--mixed-label``."""
     if label == "y_hat":
         return generated.y_hat
@@ -98,7 +99,7 @@ def _run(args, info: tr.DistInfo) -> int:
                            image_size=args.image_size, workers=args.workers)
     generated = None
     if args.mixed is not None:
-        generated = tr.load_generated(args.mixed, limit=args.limit_mixed)
+        generated = load_mixed_set(args.mixed, limit=args.limit_mixed)
         tr.check_generated(generated, data, data.num_classes)
 
     out = Path(args.out or f"runs/train-{args.arch}-{data.name}")

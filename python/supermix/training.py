@@ -64,6 +64,7 @@ from torch import nn
 
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .errors import MissingFileError, UsageError
+from .mixed_set import GeneratedSet
 from .runtime import (DistInfo, all_reduce_sum, autocast, derive_seed, init_distributed,
                       make_generator, progress, resolve_device, seed_everything,
                       shutdown_distributed)
@@ -102,8 +103,6 @@ __all__ = [
     "progress",
     "TrainState",
     "fit",
-    "load_generated",
-    "GeneratedSet",
     "LabelledData",
     "bank_stream",
     "dataset_stream",
@@ -771,7 +770,7 @@ def generated_notes(generated: "GeneratedSet", num_train: int,
                      f"--limit-train")
     sha = (generated.manifest.get("teacher") or {}).get("sha256")
     if teacher_path is not None and sha:
-        from .generate import sha256_file
+        from .checkpoint import sha256_file
 
         if sha256_file(teacher_path) != sha:
             notes.append(f"note: {generated.path} was made with another teacher "
@@ -781,56 +780,6 @@ def generated_notes(generated: "GeneratedSet", num_train: int,
 
 # ----------------------------------------------------------------------------------------------
 # Generated sets
-
-
-@dataclass
-class GeneratedSet:
-    """A set written by ``supermix generate``, read into memory.
-
-    images: [n,C,H,W] uint8 (or float16 pixels in [0, 1]); y_hat, teacher_probs: float32
-    [n,classes]; manifest: the parsed manifest.json.
-    """
-
-    path: Path
-    images: torch.Tensor
-    y_hat: torch.Tensor
-    teacher_probs: torch.Tensor
-    manifest: dict
-
-    @property
-    def data_name(self) -> str:
-        from .data import parse_spec
-
-        spec = (self.manifest.get("data") or {}).get("spec") or \
-            (self.manifest.get("config") or {}).get("data", "")
-        return parse_spec(str(spec).split(":", 1)[0], root="")[0] if spec else ""
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.y_hat.shape[1])
-
-
-def load_generated(path: str | os.PathLike, limit: int | None = None,
-                   verify: bool = True) -> GeneratedSet:
-    """Read a generated set (all shards) into memory, optionally only its first ``limit`` images.
-
-    Raises:
-        MissingFileError: no folder or no manifest; UsageError: an unfinished or corrupt set.
-    """
-    from .generated import MixedDataset
-
-    root = Path(path)
-    if not root.is_dir():
-        raise MissingFileError(f"--mixed: no folder at {root}")
-    ds = MixedDataset(root, verify=verify)
-    if len(ds) == 0:
-        raise UsageError(f"--mixed: the generated set in {root} is empty")
-    images = ds.read_field("mixed")
-    y_hat = ds.read_field("y_hat").float()
-    probs = ds.read_field("teacher_probs").float()
-    if limit is not None:
-        images, y_hat, probs = images[:limit], y_hat[:limit], probs[:limit]
-    return GeneratedSet(root, images.contiguous(), y_hat, probs, ds.manifest)
 
 
 # ----------------------------------------------------------------------------------------------
