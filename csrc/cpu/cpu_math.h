@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../common.h"
+
 // x86-64 builds with GCC or Clang also compile the mix kernels for AVX2 + FMA (mix_cpu_avx2.cpp)
 // and choose at run time.
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -144,9 +146,9 @@ inline void smooth_plane(const acc_t* in, acc_t* tmp, acc_t* out, int64_t h, int
   }
   for (int64_t y = 0; y < h; ++y) {
     // Rows outside the plane are zero: drop their taps instead of padding.
-    const int64_t t_begin = y - radius < 0 ? -y : -radius;
-    const int64_t t_end = y + radius > h - 1 ? h - 1 - y : radius;
-    filter_row<acc_t>(tmp + (y + t_begin) * w, w, taps + t_begin + radius, t_end - t_begin + 1, out + y * w, w);
+    const TapRange range = filter_tap_range(y, radius, h);
+    filter_row<acc_t>(tmp + (y + range.begin) * w, w, taps + range.begin + radius, range.end - range.begin + 1,
+                      out + y * w, w);
   }
 }
 

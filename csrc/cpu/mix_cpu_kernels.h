@@ -91,7 +91,7 @@ struct RowScratch {
       acc_t* dst = columns.data() + plane_row * s.W;
       for (int64_t x = 0; x < s.W; ++x) {
         const LinearTap<acc_t> tx = taps.cols[x];
-        dst[x] = tx.w0 * src[tx.i0] + tx.w1 * src[tx.i1];
+        dst[x] = blend(tx.w0, src[tx.i0], tx.w1, src[tx.i1]);
       }
     }
   }
@@ -104,7 +104,7 @@ struct RowScratch {
       const acc_t* top = columns.data() + (i * s.h + ty.i0) * W;
       const acc_t* bottom = columns.data() + (i * s.h + ty.i1) * W;
       acc_t* z = mask.data() + i * W;  // the logits row is staged where its mask will go
-      for (int64_t x = 0; x < W; ++x) z[x] = ty.w0 * top[x] + ty.w1 * bottom[x];
+      for (int64_t x = 0; x < W; ++x) z[x] = blend(ty.w0, top[x], ty.w1, bottom[x]);
       sigmoid_row<acc_t>(z, sig.data() + i * W, W);
     }
     std::copy(sig.begin(), sig.begin() + W, total);
@@ -141,10 +141,10 @@ void mix_forward_kernel(const scalar_t* images, const acc_t* logits, scalar_t* m
       const int64_t b = row / H, y = row % H;
       scratch.load_sample(logits, s, taps, b);
       scratch.mask_row(s, taps.rows[y]);
-      for (int64_t x = 0; x < W; ++x) out[x] = std::abs(mask[x] * (mask[x] - acc_t(1)));
+      for (int64_t x = 0; x < W; ++x) out[x] = sparsity_term<acc_t>(mask[x]);
       for (int64_t i = 1; i < k; ++i) {
         const acc_t* mask_i = mask + i * W;
-        for (int64_t x = 0; x < W; ++x) out[x] += std::abs(mask_i[x] * (mask_i[x] - acc_t(1)));
+        for (int64_t x = 0; x < W; ++x) out[x] += sparsity_term<acc_t>(mask_i[x]);
       }
       row_sparsity[row] = cpu::dot_row<acc_t>(out, nullptr, W);
       for (int64_t c = 0; c < C; ++c) {
@@ -237,7 +237,7 @@ void mix_backward_kernel(const scalar_t* grad_mixed, const acc_t* grad_sparsity,
           const acc_t* mask_i = mask + i * W;
           const acc_t* sig_i = sig + i * W;
           acc_t* G_i = G + i * W;
-          for (int64_t x = 0; x < W; ++x) G_i[x] = mask_i[x] * (acc_t(1) - sig_i[x]) * (G_i[x] - g_bar[x]);
+          for (int64_t x = 0; x < W; ++x) G_i[x] = mask_logit_grad<acc_t>(mask_i[x], sig_i[x], G_i[x], g_bar[x]);
           acc_t* top = fine.data() + (i * band.rows + (ty.i0 - band.first)) * W;
           acc_t* bottom = fine.data() + (i * band.rows + (ty.i1 - band.first)) * W;
           for (int64_t x = 0; x < W; ++x) top[x] += ty.w0 * G_i[x];

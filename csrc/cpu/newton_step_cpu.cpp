@@ -53,10 +53,7 @@ at::Tensor newton_step_cpu(const at::Tensor& logits_in, const at::Tensor& grad_i
         for (int64_t i = 0; i < k; ++i) {
           cpu::smooth_plane<acc_t>(grad_b + i * plane, tmp.data(), out_b + i * plane, h, w, taps.data(), radius, padded.data());
         }
-        const acc_t denom = cpu::dot_row<acc_t>(out_b, grad_b, sample) + static_cast<acc_t>(kDenomEps);
-        // std::max / std::min keep a NaN ratio NaN, as torch.clamp does.
-        const acc_t step = std::min(std::max(loss_p[b] / denom, static_cast<acc_t>(kStepMin)),
-                                    static_cast<acc_t>(kStepMax));
+        const acc_t step = newton_step_size<acc_t>(loss_p[b], cpu::dot_row<acc_t>(out_b, grad_b, sample));
         for (int64_t j = 0; j < sample; ++j) out_b[j] = logits_b[j] - step * out_b[j];
       }
     });
