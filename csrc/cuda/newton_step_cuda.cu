@@ -1,6 +1,7 @@
 // newton_step on CUDA: one block per sample, one fused pass (smooth each gradient plane through
-// shared memory, block-reduce the dot product, clamp the step, update). Mirrors
-// cpu/newton_step_cpu.cpp.
+// shared memory, block-reduce the dot product in a fixed order, clamp the step, update). The
+// taps come as a GaussianSpec by value and nothing is copied from the host, so the op can be
+// captured in a CUDA graph. Mirrors cpu/newton_step_cpu.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -15,9 +16,6 @@
 #include "cuda_utils.cuh"
 
 namespace supermix {
-
-at::Tensor gaussian_taps_tensor(double sigma, int64_t h, int64_t w, const at::TensorOptions& options);
-
 namespace {
 
 constexpr int kThreads = 256;
@@ -28,16 +26,16 @@ constexpr int kThreads = 256;
 template <typename acc_t>
 __global__ void newton_step_kernel(const acc_t* __restrict__ logits, const acc_t* __restrict__ grad,
                                    const acc_t* __restrict__ loss, const bool* __restrict__ active,
-                                   const acc_t* __restrict__ taps_global, int64_t radius, acc_t* __restrict__ out,
+                                   GaussianSpec spec, acc_t* __restrict__ out,
                                    acc_t* row_scratch, int64_t B, int64_t k, int64_t h, int64_t w) {
   extern __shared__ unsigned char shared_raw[];
   acc_t* reduce_scratch = reinterpret_cast<acc_t*>(shared_raw);  // blockDim.x / 32
   acc_t* taps = reduce_scratch + blockDim.x / cuda::kWarpSize;   // 2 * radius + 1
+  const int64_t radius = spec.kept;
   acc_t* rows = row_scratch != nullptr ? row_scratch + blockIdx.x * h * w : taps + 2 * radius + 1;
   const int64_t plane = h * w, sample = k * plane;
   const int64_t t0 = threadIdx.x, T = blockDim.x;
-  for (int64_t j = t0; j < 2 * radius + 1; j += T) taps[j] = taps_global[j];
-  __syncthreads();
+  cuda::load_gaussian_taps(taps, spec);
 
   for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
     const acc_t* logits_b = logits + b * sample;
@@ -51,31 +49,23 @@ __global__ void newton_step_kernel(const acc_t* __restrict__ logits, const acc_t
     for (int64_t i = 0; i < k; ++i) {
       const acc_t* g = grad_b + i * plane;
       for (int64_t j = t0; j < plane; j += T) {
-        const int64_t x = j % w;
-        const int64_t t_begin = x - radius < 0 ? -x : -radius;
-        const int64_t t_end = x + radius > w - 1 ? w - 1 - x : radius;
+        const TapRange range = filter_tap_range(j % w, radius, w);
         acc_t acc = 0;
-        for (int64_t t = t_begin; t <= t_end; ++t) acc += taps[t + radius] * g[j + t];
+        for (int64_t t = range.begin; t <= range.end; ++t) acc += taps[t + radius] * g[j + t];
         rows[j] = acc;
       }
       __syncthreads();
       for (int64_t j = t0; j < plane; j += T) {
-        const int64_t y = j / w;
-        const int64_t t_begin = y - radius < 0 ? -y : -radius;
-        const int64_t t_end = y + radius > h - 1 ? h - 1 - y : radius;
+        const TapRange range = filter_tap_range(j / w, radius, h);
         acc_t acc = 0;
-        for (int64_t t = t_begin; t <= t_end; ++t) acc += taps[t + radius] * rows[j + t * w];
+        for (int64_t t = range.begin; t <= range.end; ++t) acc += taps[t + radius] * rows[j + t * w];
         out_b[i * plane + j] = acc;
         dot += acc * g[j];
       }
       __syncthreads();  // rows is rewritten by the next plane
     }
     // block_sum ends with a barrier, after which every thread sees the whole smoothed sample.
-    const acc_t denom = cuda::block_sum<acc_t>(dot, reduce_scratch) + static_cast<acc_t>(kDenomEps);
-    acc_t step = loss[b] / denom;
-    // Comparisons rather than fmin/fmax, so that a NaN ratio stays NaN as in torch.clamp.
-    step = step < static_cast<acc_t>(kStepMin) ? static_cast<acc_t>(kStepMin) : step;
-    step = step > static_cast<acc_t>(kStepMax) ? static_cast<acc_t>(kStepMax) : step;
+    const acc_t step = newton_step_size<acc_t>(loss[b], cuda::block_sum<acc_t>(dot, reduce_scratch));
     for (int64_t j = t0; j < sample; j += T) out_b[j] = logits_b[j] - step * out_b[j];
     __syncthreads();  // reduce_scratch and rows are reused by the next sample
   }
@@ -97,13 +87,13 @@ at::Tensor newton_step_cuda(const at::Tensor& logits_in, const at::Tensor& grad_
   if (out.numel() == 0) {
     return out;
   }
-  const at::Tensor taps = gaussian_taps_tensor(sigma, h, w, logits.options());
-  const int64_t radius = (taps.numel() - 1) / 2;
+  const GaussianSpec spec = gaussian_spec(sigma, std::max<int64_t>(h, w) - 1);
+  const int64_t num_taps = 2 * spec.kept + 1;
   const int64_t blocks = std::min(B, int64_t(65535));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "supermix::newton_step_cuda", [&] {
     using acc_t = scalar_t;
-    const int64_t fixed = (kThreads / cuda::kWarpSize + taps.numel()) * sizeof(acc_t);
+    const int64_t fixed = (kThreads / cuda::kWarpSize + num_taps) * sizeof(acc_t);
     const int64_t plane_bytes = h * w * sizeof(acc_t);
     const bool shared_rows = fixed + plane_bytes <= cuda::kSharedMemoryBytes;
     TORCH_CHECK(fixed <= cuda::kSharedMemoryBytes, "supermix::newton_step: sigma=", sigma,
@@ -112,7 +102,7 @@ at::Tensor newton_step_cuda(const at::Tensor& logits_in, const at::Tensor& grad_
     if (!shared_rows) row_scratch = at::empty({blocks, h * w}, logits.options());
     newton_step_kernel<acc_t><<<blocks, kThreads, fixed + (shared_rows ? plane_bytes : 0), stream>>>(
         logits.const_data_ptr<acc_t>(), grad.const_data_ptr<acc_t>(), loss.const_data_ptr<acc_t>(),
-        active.const_data_ptr<bool>(), taps.const_data_ptr<acc_t>(), radius, out.mutable_data_ptr<acc_t>(),
+        active.const_data_ptr<bool>(), spec, out.mutable_data_ptr<acc_t>(),
         shared_rows ? nullptr : row_scratch.mutable_data_ptr<acc_t>(), B, k, h, w);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
