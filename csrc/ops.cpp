@@ -40,13 +40,16 @@ int64_t cuda_version() {
 
 TORCH_LIBRARY(supermix, m) {
   // images [B,k,C,H,W], logits [B,k,h,w] -> mixed [B,C,H,W] (images' dtype),
-  // sparsity [B] (logits' dtype).
-  m.def("mix(Tensor images, Tensor logits) -> (Tensor, Tensor)");
+  // sparsity [B] (logits' dtype). The forward is deterministic on every device; `deterministic`
+  // is carried to the backward by the autograd registration (supermix_ext/ops.py).
+  m.def("mix(Tensor images, Tensor logits, bool deterministic=False) -> (Tensor, Tensor)");
   // -> grad_images [B,k,C,H,W] (or an empty [0] tensor when need_images_grad is false),
-  //    grad_logits [B,k,h,w].
+  //    grad_logits [B,k,h,w]. deterministic (or torch.use_deterministic_algorithms): an ordered
+  //    reduction onto the grid instead of float atomics where a device kernel uses atomics (CUDA);
+  //    the CPU kernel is deterministic either way.
   m.def(
       "mix_backward(Tensor grad_mixed, Tensor grad_sparsity, Tensor images, Tensor logits, "
-      "bool need_images_grad) -> (Tensor, Tensor)");
+      "bool need_images_grad, bool deterministic=False) -> (Tensor, Tensor)");
   // grad [N,h,w] -> [N,h,w], separable Gaussian with zero padding.
   m.def("gaussian_smooth(Tensor grad, float sigma) -> Tensor");
   // Smooth-projection Newton step (paper eq. 7) -> new logits [B,k,h,w].

@@ -52,7 +52,10 @@ bool use_avx2() {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> mix_cpu(const at::Tensor& images_in, const at::Tensor& logits_in) {
+// The CPU kernels are deterministic whatever `deterministic` says: every reduction has a fixed
+// order that depends on the shape alone, not on the thread count.
+std::tuple<at::Tensor, at::Tensor> mix_cpu(const at::Tensor& images_in, const at::Tensor& logits_in,
+                                           bool /*deterministic*/) {
   const MixShape s = check_mix_inputs("supermix::mix", images_in, logits_in);
   const at::Tensor images = images_in.contiguous();
   const at::Tensor logits = logits_in.contiguous();
@@ -86,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor> mix_cpu(const at::Tensor& images_in, const at
 
 std::tuple<at::Tensor, at::Tensor> mix_backward_cpu(const at::Tensor& grad_mixed_in, const at::Tensor& grad_sparsity_in,
                                                     const at::Tensor& images_in, const at::Tensor& logits_in,
-                                                    bool need_images_grad) {
+                                                    bool need_images_grad, bool /*deterministic*/) {
   const MixShape s =
       check_mix_backward_inputs("supermix::mix_backward", grad_mixed_in, grad_sparsity_in, images_in, logits_in);
   const at::Tensor images = images_in.contiguous();
