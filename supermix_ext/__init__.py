@@ -4,25 +4,32 @@ Three fused ops (``mix``, ``gaussian_smooth``, ``newton_step``) with four interc
 implementations: the compiled C++/CUDA library (``cpp``), Triton kernels (``triton``) and the
 pure-PyTorch reference (``reference``), chosen by ``backend=`` or ``SUPERMIX_BACKEND``.
 The package imports wherever the compiled library was not built; ``auto`` then uses the
-reference and warns once.
+reference and warns once. ``deterministic=True`` / ``set_deterministic`` /
+``deterministic_mode()`` make the GPU backward bit-reproducible (see ``supermix_ext.ops``).
 """
 from supermix_ext import reference
 from supermix_ext.ops import (
     BACKENDS,
     backend_info,
+    deterministic_enabled,
+    deterministic_mode,
     gaussian_smooth,
     mix,
     newton_step,
     resolve_backend,
+    set_deterministic,
 )
 
 __all__ = [
     "BACKENDS",
     "backend_info",
+    "deterministic_enabled",
+    "deterministic_mode",
     "gaussian_smooth",
     "mix",
     "newton_step",
     "reference",
     "resolve_backend",
+    "set_deterministic",
 ]
 __version__ = "0.1.0"

@@ -10,13 +10,23 @@ Backends (``backend=`` argument, else the ``SUPERMIX_BACKEND`` environment varia
 - ``"reference"``: ``supermix_ext.reference``, pure PyTorch.
 - ``"auto"``: ``cpp`` where the library has a kernel for the tensor's device, else
   ``reference`` with a one-time warning that says so. ``backend_info()`` reports the choice.
+
+Deterministic mode (``mix(..., deterministic=True)``, ``set_deterministic(True)``, the
+``deterministic_mode()`` context, ``SUPERMIX_DETERMINISTIC=1``, or
+``torch.use_deterministic_algorithms(True)``): the CUDA and Triton mix backward reduce onto the
+mask grid in a fixed order (two passes) instead of with float atomics, so every op gives
+bit-identical results run after run on one device. Everything else is deterministic already:
+the CPU kernels whatever the thread count, and on GPUs the mix forward, ``gaussian_smooth`` and
+``newton_step``.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,10 +36,13 @@ from supermix_ext import reference
 __all__ = [
     "BACKENDS",
     "backend_info",
+    "deterministic_enabled",
+    "deterministic_mode",
     "gaussian_smooth",
     "mix",
     "newton_step",
     "resolve_backend",
+    "set_deterministic",
 ]
 
 BACKENDS = ("auto", "cpp", "triton", "reference")
@@ -179,6 +192,50 @@ def backend_info() -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# Deterministic mode
+# --------------------------------------------------------------------------------------------
+def _env_deterministic() -> bool | None:
+    value = os.environ.get("SUPERMIX_DETERMINISTIC")
+    if value is None or value == "":
+        return None
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+# None: follow SUPERMIX_DETERMINISTIC (read at import) and torch's flag.
+_deterministic: bool | None = _env_deterministic()
+
+
+def set_deterministic(mode: bool | None) -> None:
+    """Ask for the deterministic kernels (True), the fastest ones (False), or, with None, what
+    ``SUPERMIX_DETERMINISTIC`` says. ``torch.use_deterministic_algorithms(True)`` turns them on
+    whatever this says. Process-wide, like ``torch.use_deterministic_algorithms``."""
+    global _deterministic
+    if mode is not None and not isinstance(mode, bool):
+        raise TypeError(f"set_deterministic: mode must be a bool or None, got {type(mode).__name__}")
+    _deterministic = mode
+
+
+def deterministic_enabled() -> bool:
+    """Whether ``mix`` (called without ``deterministic=``) uses the deterministic backward."""
+    return bool(_deterministic) or torch.are_deterministic_algorithms_enabled()
+
+
+@contextlib.contextmanager
+def deterministic_mode(mode: bool = True) -> Iterator[None]:
+    """``with supermix_ext.deterministic_mode():`` sets the mode for the block, then restores it.
+
+    The mode is taken when ``mix`` runs its forward and carried to its backward, so a backward
+    that runs after the block still uses the mode of its forward.
+    """
+    before = _deterministic
+    set_deterministic(mode)
+    try:
+        yield
+    finally:
+        set_deterministic(before)
+
+
+# --------------------------------------------------------------------------------------------
 # Input checks (shared by every backend; the C++ kernels check again)
 # --------------------------------------------------------------------------------------------
 def _shape(t: torch.Tensor) -> list[int]:
@@ -280,12 +337,12 @@ def _check_newton_inputs(logits, grad, loss, active, sigma) -> None:
 # --------------------------------------------------------------------------------------------
 # Fake kernels and autograd for the compiled and Triton ops
 # --------------------------------------------------------------------------------------------
-def _mix_fake(images, logits):
+def _mix_fake(images, logits, deterministic=False):
     B, _, C, H, W = images.shape
     return images.new_empty((B, C, H, W)), logits.new_empty((B,))
 
 
-def _mix_backward_fake(grad_mixed, grad_sparsity, images, logits, need_images_grad):
+def _mix_backward_fake(grad_mixed, grad_sparsity, images, logits, need_images_grad, deterministic=False):
     grad_images = images.new_empty(images.shape if need_images_grad else (0,))
     return grad_images, logits.new_empty(logits.shape)
 
@@ -299,18 +356,23 @@ def _newton_step_fake(logits, grad, loss, active, sigma):
 
 
 def _mix_setup_context(ctx, inputs, output):
-    images, logits = inputs
+    images, logits = inputs[:2]
     ctx.save_for_backward(images, logits)
     ctx.need_images_grad = ctx.needs_input_grad[0]
+    ctx.num_inputs = len(inputs)
+    # The forward's mode decides the backward's: a call with deterministic=True stays so.
+    ctx.deterministic = bool(inputs[2]) if len(inputs) > 2 else False
 
 
 def _make_mix_backward(backward_op):
     def _mix_backward(ctx, grad_mixed, grad_sparsity):
         images, logits = ctx.saved_tensors
         grad_images, grad_logits = backward_op(
-            grad_mixed.contiguous(), grad_sparsity.contiguous(), images, logits, ctx.need_images_grad
+            grad_mixed.contiguous(), grad_sparsity.contiguous(), images, logits, ctx.need_images_grad,
+            ctx.deterministic,
         )
-        return (grad_images if ctx.need_images_grad else None), grad_logits
+        grads = ((grad_images if ctx.need_images_grad else None), grad_logits)
+        return grads + (None,) * (ctx.num_inputs - 2)
 
     return _mix_backward
 
@@ -375,7 +437,11 @@ def _require_float32_for_triton(op: str, **tensors: torch.Tensor) -> None:
 # Public ops
 # --------------------------------------------------------------------------------------------
 def mix(
-    images: torch.Tensor, logits: torch.Tensor, *, backend: str | None = None
+    images: torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    backend: str | None = None,
+    deterministic: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix k images through sigmoid-normalised, bilinearly upsampled masks (paper eq. 1, 4, 5).
 
@@ -383,6 +449,10 @@ def mix(
         images: [B,k,C,H,W], float32 / float16 / bfloat16 (float64 for gradcheck).
         logits: [B,k,h,w] mask logits, float32 (or float64), 1 <= h <= H, 1 <= w <= W.
         backend: ``auto`` | ``cpp`` | ``triton`` | ``reference`` (default: SUPERMIX_BACKEND).
+        deterministic: bit-reproducible backward on GPUs (an ordered two-pass reduction instead
+            of float atomics; k floats of scratch per pixel). None: ``deterministic_enabled()``.
+            The CPU kernels are deterministic either way; the reference is as deterministic as
+            PyTorch's own upsample backward.
 
     Returns:
         ``(mixed [B,C,H,W] in images' dtype, sparsity [B] in logits' dtype)``, where
@@ -391,11 +461,12 @@ def mix(
     """
     _check_mix_inputs(images, logits)
     name = resolve_backend(images.device, backend)
+    ordered = deterministic_enabled() if deterministic is None else bool(deterministic)
     if name == "cpp":
-        return torch.ops.supermix.mix(images, logits)
+        return torch.ops.supermix.mix(images, logits, ordered)
     if name == "triton":
         _require_float32_for_triton("mix", logits=logits)
-        return torch.ops.supermix.mix_triton(images, logits)
+        return torch.ops.supermix.mix_triton(images, logits, ordered)
     return reference.mix_ref(images, logits)
 
 

@@ -1,16 +1,36 @@
-"""Shared plumbing of the Triton ops: availability, op registration, argument checks.
+"""Shared plumbing of the Triton ops: availability, op registration, argument checks, launches.
 
 Triton runs on CUDA tensors when compiled for a GPU, and on CPU tensors only under the
 interpreter (``TRITON_INTERPRET=1`` set in the environment before ``triton`` is imported).
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
+from torch.library import wrap_triton
 
-__all__ = ["AVAILABLE", "UNAVAILABLE_REASON", "INTERPRETED", "register_op", "check_device"]
+__all__ = [
+    "AVAILABLE",
+    "UNAVAILABLE_REASON",
+    "INTERPRETED",
+    "MAX_GRID",
+    "INT32_MAX",
+    "register_op",
+    "check_device",
+    "check_grid",
+    "device_guard",
+    "launch",
+    "needs_int64_index",
+]
+
+# CUDA's grid limits: 2^31 - 1 blocks along x, 65535 along y and z. The launchers flatten their
+# work onto axis 0.
+MAX_GRID = (2**31 - 1, 65535, 65535)
+# Offsets into tensors with more elements than this need 64-bit index arithmetic in the kernels.
+INT32_MAX = 2**31 - 1
 
 INTERPRETED: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -74,3 +94,35 @@ def check_device(tensor: torch.Tensor, arg: str, op: str) -> None:
 def check(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
+
+
+def needs_int64_index(*tensors_numel: int) -> bool:
+    """Whether a kernel addressing tensors of these element counts needs int64 offsets."""
+    return max(tensors_numel, default=0) > INT32_MAX
+
+
+def check_grid(grid: Sequence[int], op: str) -> None:
+    """A grid CUDA can launch: at most ``MAX_GRID`` programs along each axis."""
+    for axis, (size, limit) in enumerate(zip(grid, MAX_GRID)):
+        check(
+            size <= limit,
+            f"supermix::{op}: {size} programs along grid axis {axis} exceed CUDA's limit of {limit}",
+        )
+
+
+def device_guard(device: torch.device):
+    """Make ``device`` the current CUDA device: Triton launches on the current device, whatever
+    device the tensors are on (tensors on cuda:1 with cuda:0 current read illegal addresses)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def launch(kernel, grid: tuple[int, ...], device: torch.device, op: str, *args, **kwargs) -> None:
+    """Launch the Triton ``kernel`` on ``grid`` on ``device`` (every launch site goes through here).
+
+    ``wrap_triton`` lets ``torch.compile`` trace the launch inside ``triton_op``s.
+    """
+    check_grid(grid, op)
+    with device_guard(device):
+        wrap_triton(kernel)[grid](*args, **kwargs)

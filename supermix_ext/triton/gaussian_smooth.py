@@ -1,21 +1,22 @@
 """Triton gaussian_smooth: the separable Gaussian g_sigma * (.) of paper eq. 7 on mask grids.
 
 Four layers: ``_gaussian_smooth_kernel`` (with the jit helpers ``newton_step`` reuses), the host
-launcher, the custom op ``supermix::gaussian_smooth_triton``, the public function.
+launcher, the custom op ``supermix::gaussian_smooth_triton``, the public function. The grid is
+one-dimensional (planes x cell blocks on axis 0) and offsets are int64 when the tensor has more
+than 2^31 - 1 elements (``smooth_launch_plan``).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
+from ._common import INTERPRETED, check, check_device, launch, needs_int64_index, register_op
 
-from ._common import INTERPRETED, check, check_device, register_op
-
-__all__ = ["gaussian_smooth_triton"]
+__all__ = ["SmoothLaunchPlan", "gaussian_smooth_triton", "smooth_launch_plan"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,17 +65,25 @@ def _gaussian_smooth_kernel(
     w,
     R,
     neg_inv_two_sigma_sq,
+    num_blocks,
     BLOCK_T: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    INT64: tl.constexpr,
 ):
     """Separable Gaussian smoothing of a block of BLOCK_P cells of plane n.
 
     out_n(y, x) = sum_{a,b=-R..R} g(a) g(b) grad_n(y + a, x + b), zero padding,
     g(t) = exp(-t^2 / (2 sigma^2)) / sum_t' exp(-t'^2 / (2 sigma^2)), R = floor(2.5 sigma).
+    Program id = n * num_blocks + block.
     """
-    n = tl.program_id(0).to(tl.int64)
-    pid_p = tl.program_id(1)
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    n = pid // num_blocks
+    pid_p = pid % num_blocks
     hw = h * w
+    if INT64:
+        hw = tl.cast(h, tl.int64) * w
     offs = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     valid = offs < hw
     y = offs // w
@@ -105,24 +114,56 @@ def cell_block(n: int, block_t: int) -> tuple[int, int]:
     return block_p, 4 if block_t * block_p <= 2048 else 8
 
 
+@dataclass(frozen=True)
+class SmoothLaunchPlan:
+    """How ``gaussian_smooth_triton`` launches on [N,h,w]: ``num_blocks`` programs of ``block_p``
+    cells per plane on a 1-D grid of ``grid`` programs, int64 offsets past 2^31 - 1 elements."""
+
+    radius: int
+    coef: float
+    block_t: int
+    block_p: int
+    num_warps: int
+    num_blocks: int
+    grid: tuple[int]
+    int64_index: bool
+
+
+def smooth_launch_plan(N: int, h: int, w: int, sigma: float) -> SmoothLaunchPlan:
+    """The launch parameters of ``gaussian_smooth_triton`` (the launcher uses exactly this)."""
+    radius, coef, block_t = taps_config(sigma)
+    block_p, num_warps = cell_block(h * w, block_t)
+    num_blocks = triton.cdiv(h * w, block_p)
+    return SmoothLaunchPlan(
+        radius=radius,
+        coef=coef,
+        block_t=block_t,
+        block_p=block_p,
+        num_warps=num_warps,
+        num_blocks=num_blocks,
+        grid=(N * num_blocks,),
+        int64_index=needs_int64_index(N * h * w),
+    )
+
+
 def _gaussian_smooth(grad: Tensor, sigma: float) -> Tensor:
     op = "gaussian_smooth_triton"
     check(grad.dim() == 3, f"supermix::{op}: grad must be [N,h,w], got shape {tuple(grad.shape)}")
     check(grad.dtype == torch.float32, f"supermix::{op}: grad must be float32, got {grad.dtype}")
     check_sigma(op, sigma)
     check_device(grad, "grad", op)
-    radius, coef, block_t = taps_config(sigma)
-    if radius == 0:  # one tap of weight 1: the identity, bit for bit
+    if math.floor(2.5 * sigma) == 0:  # one tap of weight 1: the identity, bit for bit
         return grad.clone(memory_format=torch.contiguous_format)
     grad = grad.contiguous()
     N, h, w = grad.shape
     out = torch.empty_like(grad)
     if grad.numel() == 0:
         return out
-    block_p, num_warps = cell_block(h * w, block_t)
-    wrap_triton(_gaussian_smooth_kernel)[(N, triton.cdiv(h * w, block_p))](
-        grad, out, h, w, radius, coef,
-        BLOCK_T=block_t, BLOCK_P=block_p, num_warps=num_warps,
+    plan = smooth_launch_plan(N, h, w, sigma)
+    launch(
+        _gaussian_smooth_kernel, plan.grid, grad.device, op,
+        grad, out, h, w, plan.radius, plan.coef, plan.num_blocks,
+        BLOCK_T=plan.block_t, BLOCK_P=plan.block_p, INT64=plan.int64_index, num_warps=plan.num_warps,
     )  # fmt: skip
     return out
 

@@ -5,19 +5,26 @@ custom ops ``supermix::mix_triton`` / ``supermix::mix_backward_triton``, and the
 functions. Autograd is not registered here: ``supermix_ext.ops`` ties the two ops together.
 
 Neither direction materialises the k full-resolution masks: one program owns a block of output
-pixels of one sample and recomputes the masks of its pixels from the h x w logits.
+pixels of one sample and recomputes the masks of its pixels from the h x w logits. The forward is
+deterministic (per-program partial sparsities, summed in a fixed order). The backward reduces
+onto the h x w grid with float atomics by default; with ``deterministic=True`` (or under
+``torch.use_deterministic_algorithms``) each pixel stores dL/dz_i (k floats per pixel) and a
+second kernel gathers every grid cell in a fixed order, so repeated runs are bit-identical.
+
+Grids are one-dimensional (2^31 - 1 programs, not 65535) and offsets switch to int64 when a
+tensor has more than 2^31 - 1 elements (``mix_launch_plan``).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
+from ._common import INTERPRETED, check, check_device, launch, needs_int64_index, register_op
 
-from ._common import INTERPRETED, check, check_device, register_op
-
-__all__ = ["mix_triton", "mix_backward_triton"]
+__all__ = ["MixLaunchPlan", "mix_backward_triton", "mix_launch_plan", "mix_triton"]
 
 _IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -48,14 +55,24 @@ def _cast_for_store(x, dtype: tl.constexpr, MANUAL_BF16: tl.constexpr):
 
 
 @triton.jit
+def _index(x, INT64: tl.constexpr):
+    """``x`` as int64 when the launch needs 64-bit offsets, else unchanged."""
+    if INT64:
+        return tl.cast(x, tl.int64)
+    else:
+        return x
+
+
+@triton.jit
 def _source_index(dst, scale, in_size):
     """Bilinear source cells and weights of output indices ``dst`` (align_corners=False).
 
     As ATen's upsample_bilinear2d: src = max(scale * (dst + 0.5) - 0.5, 0), scale = in/out,
     i0 = floor(src) (at most in_size - 1), i1 = i0 + (i0 < in_size - 1), l1 = src - i0,
-    l0 = 1 - l1. Returns (i0, i1, l0, l1).
+    l0 = 1 - l1. Returns (i0, i1, l0, l1). src is one explicit FMA (as csrc/common.h), so the
+    two passes of the deterministic backward round it alike whatever the compiler fuses.
     """
-    src = scale * (dst.to(tl.float32) + 0.5) - 0.5
+    src = tl.fma(scale, dst.to(tl.float32) + 0.5, -0.5)
     src = tl.maximum(src, 0.0)
     i0 = tl.minimum(src.to(tl.int32), in_size - 1)  # src >= 0: truncation is floor
     l1 = tl.minimum(tl.maximum(src - i0.to(tl.float32), 0.0), 1.0)
@@ -108,6 +125,7 @@ def _mix_fwd_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
     MANUAL_BF16: tl.constexpr,
+    INT64: tl.constexpr,
 ):
     """Fused SuperMix forward over one block of BLOCK_P pixels u of sample b.
 
@@ -115,11 +133,12 @@ def _mix_fwd_kernel(
     m_i = s_i / sum_j s_j,          mixed_c(u) = sum_i m_i(u) x_ic(u),
     partial[b, block] = sum_{i, u in block} |m_i(u) (m_i(u) - 1)|
     (the launcher divides the row sum of ``partial`` by K*H*W: sparsity, paper eq. 5).
-    Images are read in their dtype and accumulated in float32.
+    Images are read in their dtype and accumulated in float32. Program id = b * num_blocks + block.
     """
-    b = tl.program_id(0).to(tl.int64)  # samples on axis 0: no 65535 limit on B
-    pid_p = tl.program_id(1)
-    HW = H * W
+    pid = _index(tl.program_id(0), INT64)
+    b = pid // num_blocks
+    pid_p = pid % num_blocks
+    HW = _index(H, INT64) * W
     offs = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = offs < HW
     y = offs // W
@@ -151,19 +170,23 @@ def _mix_bwd_kernel(
     images_ptr,  # [B,K,C,H,W]
     logits_ptr,  # [B,K,h,w] float32
     grad_images_ptr,  # [B,K,C,H,W] images' dtype (unused unless NEED_IMAGES_GRAD)
-    grad_logits_ptr,  # [B,K,h,w] float32, zero-initialised, accumulated with atomics
+    grad_logits_ptr,  # [B,K,h,w] float32, zero-initialised, accumulated with atomics (not ORDERED)
+    dz_ptr,  # [B,K,H,W] float32: dL/dz_i per pixel (ORDERED only)
     H,
     W,
     h,
     w,
     scale_h,
     scale_w,
+    num_blocks,
     K: tl.constexpr,
     C: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
     NEED_IMAGES_GRAD: tl.constexpr,
     MANUAL_BF16: tl.constexpr,
+    ORDERED: tl.constexpr,
+    INT64: tl.constexpr,
 ):
     """Fused SuperMix backward over one block of BLOCK_P pixels u of sample b.
 
@@ -171,14 +194,15 @@ def _mix_bwd_kernel(
       G_i(u)  = sum_c gm_c(u) x_ic(u) + gs * sign(m_i (m_i - 1)) * (2 m_i - 1) / N
       Gbar(u) = sum_i m_i G_i
       dz_i(u) = m_i (1 - s_i) (G_i - Gbar)                (through m = s / sum s, s = sigmoid z)
-      grad_logits_i += adjoint of the bilinear upsample of dz_i: dz_i(u) * l_y l_x added to the
-                       4 source cells (y0|y1, x0|x1) of u (both weights land on one cell at the
-                       border, where y0 == y1)
       grad_images_ic(u) = gm_c(u) m_i(u)
+    Not ORDERED: grad_logits_i += adjoint of the bilinear upsample of dz_i, dz_i(u) * l_y l_x
+    added atomically to the 4 source cells (y0|y1, x0|x1) of u (both weights land on one cell at
+    the border, where y0 == y1). ORDERED: dz_i(u) is stored for ``_bilinear_adjoint_kernel``.
     """
-    b = tl.program_id(0).to(tl.int64)  # samples on axis 0: no 65535 limit on B
-    pid_p = tl.program_id(1)
-    HW = H * W
+    pid = _index(tl.program_id(0), INT64)
+    b = pid // num_blocks
+    pid_p = pid % num_blocks
+    HW = _index(H, INT64) * W
     offs = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = offs < HW
     y = offs // W
@@ -216,12 +240,79 @@ def _mix_bwd_kernel(
     g_bar = tl.sum(m * G, axis=0)
     dz = tl.where(mask, m * (1.0 - s) * (G - g_bar[None, :]), 0.0)
 
-    # Relaxed atomics: nothing reads grad_logits before the kernel ends.
-    gl = grad_logits_ptr + b * (K * h * w) + ks[:, None] * (h * w)
-    tl.atomic_add(gl + (y0 * w + x0)[None, :], dz * (ly0 * lx0)[None, :], mask=mask, sem="relaxed")
-    tl.atomic_add(gl + (y0 * w + x1)[None, :], dz * (ly0 * lx1)[None, :], mask=mask, sem="relaxed")
-    tl.atomic_add(gl + (y1 * w + x0)[None, :], dz * (ly1 * lx0)[None, :], mask=mask, sem="relaxed")
-    tl.atomic_add(gl + (y1 * w + x1)[None, :], dz * (ly1 * lx1)[None, :], mask=mask, sem="relaxed")
+    if ORDERED:
+        tl.store(dz_ptr + b * (K * HW) + ks[:, None] * HW + offs[None, :], dz, mask=mask)
+    else:
+        # Relaxed atomics: nothing reads grad_logits before the kernel ends.
+        gl = grad_logits_ptr + b * (K * h * w) + ks[:, None] * (h * w)
+        tl.atomic_add(gl + (y0 * w + x0)[None, :], dz * (ly0 * lx0)[None, :], mask=mask, sem="relaxed")
+        tl.atomic_add(gl + (y0 * w + x1)[None, :], dz * (ly0 * lx1)[None, :], mask=mask, sem="relaxed")
+        tl.atomic_add(gl + (y1 * w + x0)[None, :], dz * (ly1 * lx0)[None, :], mask=mask, sem="relaxed")
+        tl.atomic_add(gl + (y1 * w + x1)[None, :], dz * (ly1 * lx1)[None, :], mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _adjoint_window(g, in_size, out_size):
+    """Output coordinates [begin, end) that can read grid cell ``g`` (csrc/common.h
+    ``adjoint_window``): (2g - 1) out - in <= 2 in x < (2g + 3) out - in, one coordinate of
+    slack each side, from 0 for g <= 1 (where src is clamped to 0, x reads cell 1 with weight 0).
+    """
+    low = (2 * g - 1) * out_size - in_size
+    high = (2 * g + 3) * out_size - in_size
+    first = tl.where((g <= 1) | (low < 0), 0, low // (2 * in_size) - 1)
+    return tl.maximum(first, 0), tl.minimum(high // (2 * in_size) + 2, out_size)
+
+
+@triton.jit
+def _bilinear_adjoint_kernel(
+    dz_ptr,  # [P,H,W] float32 (P = B*K planes)
+    grad_logits_ptr,  # [P,h,w] float32
+    H,
+    W,
+    h,
+    w,
+    scale_h,
+    scale_w,
+    num_blocks,
+    window_y,
+    window_x,
+    BLOCK_X: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    INT64: tl.constexpr,
+):
+    """The deterministic second pass of the backward, over BLOCK_C grid cells of one plane.
+
+    grad_logits[p, gy, gx] = sum_y l_y(y -> gy) * (sum_x l_x(x -> gx) * dz[p, y, x]) over the
+    output pixels that read the cell (its window: at most ``window_y`` rows and ``window_x``
+    columns), rows in order, the columns of a row in chunks of BLOCK_X, each chunk by one
+    fixed-shape reduction. Program id = plane * num_blocks + block.
+    """
+    pid = _index(tl.program_id(0), INT64)
+    plane = pid // num_blocks
+    cells = (pid % num_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cells < h * w
+    gy = cells // w
+    gx = cells % w
+    y_begin, y_end = _adjoint_window(gy, h, H)
+    x_begin, x_end = _adjoint_window(gx, w, W)
+    plane_ptr = dz_ptr + plane * (_index(H, INT64) * W)
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for dy in range(0, window_y):
+        y = y_begin + dy
+        y0, y1, ly0, ly1 = _source_index(y, scale_h, h)
+        y_reads = ((y0 == gy) | (y1 == gy)) & (y < y_end) & cmask
+        wy = tl.where(y0 == gy, ly0, 0.0) + tl.where(y1 == gy, ly1, 0.0)
+        row = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for dx in range(0, window_x, BLOCK_X):
+            xs = x_begin[:, None] + dx + tl.arange(0, BLOCK_X)[None, :]
+            x0, x1, lx0, lx1 = _source_index(xs, scale_w, w)
+            reads = (x0 == gx[:, None]) | (x1 == gx[:, None])
+            reads = reads & (xs < x_end[:, None]) & y_reads[:, None]
+            wx = tl.where(x0 == gx[:, None], lx0, 0.0) + tl.where(x1 == gx[:, None], lx1, 0.0)
+            vals = tl.load(plane_ptr + (y * W)[:, None] + xs, mask=reads, other=0.0)
+            row += tl.sum(tl.where(reads, wx * vals, 0.0), axis=1)
+        acc += tl.where(y_reads, wy * row, 0.0)
+    tl.store(grad_logits_ptr + plane * (h * w) + cells, acc, mask=cmask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,14 +345,69 @@ def _check_mix_args(op: str, images: Tensor, logits: Tensor) -> None:
     check_device(images, "images", op)
 
 
-def _pixel_block(HW: int, k: int) -> tuple[int, int, int]:
-    """(BLOCK_K, BLOCK_P, num_warps): a [BLOCK_K, BLOCK_P] tile of sources x pixels."""
+@dataclass(frozen=True)
+class MixLaunchPlan:
+    """How the mix kernels are launched for one shape: a [BLOCK_K, BLOCK_P] tile of sources x
+    pixels per program, ``num_blocks`` programs per sample on a 1-D grid of ``grid`` programs,
+    int64 offsets when a tensor exceeds 2^31 - 1 elements. The deterministic backward's gather
+    pass: ``gather_grid`` programs of ``block_c`` cells, windows of ``window_y`` x ``window_x``
+    pixels read ``block_x`` columns at a time."""
+
+    block_k: int
+    block_p: int
+    num_warps: int
+    num_blocks: int
+    grid: tuple[int]
+    int64_index: bool
+    block_c: int
+    window_y: int
+    window_x: int
+    block_x: int
+    gather_blocks: int
+    gather_grid: tuple[int]
+
+
+def _max_adjoint_window(in_size: int, out_size: int) -> int:
+    """The longest window of ``_adjoint_window`` over the grid cells (as csrc/common.h)."""
+    longest = 0
+    for g in range(in_size):
+        low = (2 * g - 1) * out_size - in_size
+        high = (2 * g + 3) * out_size - in_size
+        begin = 0 if (g <= 1 or low < 0) else max(low // (2 * in_size) - 1, 0)
+        end = min(high // (2 * in_size) + 2, out_size)
+        longest = max(longest, end - begin)
+    return longest
+
+
+def mix_launch_plan(B: int, k: int, C: int, H: int, W: int, h: int, w: int) -> MixLaunchPlan:
+    """The launch parameters of ``mix_triton`` / ``mix_backward_triton`` for images [B,k,C,H,W]
+    and logits [B,k,h,w] (the launchers use exactly this)."""
+    HW = H * W
     block_k = triton.next_power_of_2(k)
     # The interpreter pays per program, not per element: give it big tiles.
     max_tile = 16384 if INTERPRETED else 4096
     block_p = min(triton.next_power_of_2(HW), max(16, max_tile // block_k))
     num_warps = 4 if block_k * block_p <= 2048 else 8
-    return block_k, block_p, num_warps
+    num_blocks = triton.cdiv(HW, block_p)
+    window_y = _max_adjoint_window(h, H)
+    window_x = _max_adjoint_window(w, W)
+    block_x = min(triton.next_power_of_2(window_x), 64)
+    block_c = min(triton.next_power_of_2(h * w), max(16, max_tile // block_x))
+    gather_blocks = triton.cdiv(h * w, block_c)
+    return MixLaunchPlan(
+        block_k=block_k,
+        block_p=block_p,
+        num_warps=num_warps,
+        num_blocks=num_blocks,
+        grid=(B * num_blocks,),
+        int64_index=needs_int64_index(B * k * C * HW, B * k * HW),
+        block_c=block_c,
+        window_y=window_y,
+        window_x=window_x,
+        block_x=block_x,
+        gather_blocks=gather_blocks,
+        gather_grid=(B * k * gather_blocks,),
+    )
 
 
 def _manual_bf16(images: Tensor) -> bool:
@@ -274,17 +420,17 @@ def _mix_forward(images: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
     logits = logits.contiguous()
     B, k, C, H, W = images.shape
     h, w = logits.shape[2:]
-    block_k, block_p, num_warps = _pixel_block(H * W, k)
-    num_blocks = triton.cdiv(H * W, block_p)
+    plan = mix_launch_plan(B, k, C, H, W, h, w)
     mixed = torch.empty((B, C, H, W), dtype=images.dtype, device=images.device)
-    partial = torch.empty((B, num_blocks), dtype=torch.float32, device=images.device)
+    partial = torch.empty((B, plan.num_blocks), dtype=torch.float32, device=images.device)
     if B == 0:
         return mixed, partial.sum(dim=1)
-    wrap_triton(_mix_fwd_kernel)[(B, num_blocks)](
+    launch(
+        _mix_fwd_kernel, plan.grid, images.device, "mix_triton",
         images, logits, mixed, partial,
-        H, W, h, w, h / H, w / W, num_blocks,
-        K=k, C=C, BLOCK_K=block_k, BLOCK_P=block_p,
-        MANUAL_BF16=_manual_bf16(images), num_warps=num_warps,
+        H, W, h, w, h / H, w / W, plan.num_blocks,
+        K=k, C=C, BLOCK_K=plan.block_k, BLOCK_P=plan.block_p,
+        MANUAL_BF16=_manual_bf16(images), INT64=plan.int64_index, num_warps=plan.num_warps,
     )  # fmt: skip
     # A second reduction instead of atomics keeps the sparsity deterministic.
     sparsity = partial.sum(dim=1) / (k * H * W)
@@ -292,7 +438,12 @@ def _mix_forward(images: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _mix_backward(
-    grad_mixed: Tensor, grad_sparsity: Tensor, images: Tensor, logits: Tensor, need_images_grad: bool
+    grad_mixed: Tensor,
+    grad_sparsity: Tensor,
+    images: Tensor,
+    logits: Tensor,
+    need_images_grad: bool,
+    deterministic: bool,
 ) -> tuple[Tensor, Tensor]:
     _check_mix_args("mix_backward_triton", images, logits)
     B, k, C, H, W = images.shape
@@ -305,26 +456,38 @@ def _mix_backward(
         tuple(grad_sparsity.shape) == (B,),
         f"supermix::mix_backward_triton: grad_sparsity must be [{B}], got {tuple(grad_sparsity.shape)}",
     )
+    ordered = deterministic or torch.are_deterministic_algorithms_enabled()
     images = images.contiguous()
     logits = logits.contiguous()
     grad_mixed = grad_mixed.contiguous()
     grad_sparsity = grad_sparsity.to(torch.float32).contiguous()
-    block_k, block_p, num_warps = _pixel_block(H * W, k)
-    num_blocks = triton.cdiv(H * W, block_p)
-    grad_logits = torch.zeros((B, k, h, w), dtype=torch.float32, device=logits.device)
+    plan = mix_launch_plan(B, k, C, H, W, h, w)
+    if ordered:  # every cell is written by the gather pass
+        grad_logits = torch.empty((B, k, h, w), dtype=torch.float32, device=logits.device)
+        dz = torch.empty((B, k, H, W), dtype=torch.float32, device=logits.device)
+    else:
+        grad_logits = torch.zeros((B, k, h, w), dtype=torch.float32, device=logits.device)
+        dz = grad_logits  # not read
     if need_images_grad:
         grad_images = torch.empty((B, k, C, H, W), dtype=images.dtype, device=images.device)
     else:
         grad_images = torch.empty((0,), dtype=images.dtype, device=images.device)
     if B == 0:
         return grad_images, grad_logits
-    wrap_triton(_mix_bwd_kernel)[(B, num_blocks)](
-        grad_mixed, grad_sparsity, images, logits, grad_images, grad_logits,
-        H, W, h, w, h / H, w / W,
-        K=k, C=C, BLOCK_K=block_k, BLOCK_P=block_p,
+    launch(
+        _mix_bwd_kernel, plan.grid, images.device, "mix_backward_triton",
+        grad_mixed, grad_sparsity, images, logits, grad_images, grad_logits, dz,
+        H, W, h, w, h / H, w / W, plan.num_blocks,
+        K=k, C=C, BLOCK_K=plan.block_k, BLOCK_P=plan.block_p,
         NEED_IMAGES_GRAD=need_images_grad, MANUAL_BF16=_manual_bf16(images),
-        num_warps=num_warps,
+        ORDERED=ordered, INT64=plan.int64_index, num_warps=plan.num_warps,
     )  # fmt: skip
+    if ordered:
+        launch(
+            _bilinear_adjoint_kernel, plan.gather_grid, images.device, "mix_backward_triton",
+            dz, grad_logits, H, W, h, w, h / H, w / W, plan.gather_blocks, plan.window_y, plan.window_x,
+            BLOCK_X=plan.block_x, BLOCK_C=plan.block_c, INT64=plan.int64_index,
+        )  # fmt: skip
     return grad_images, grad_logits
 
 
@@ -332,14 +495,19 @@ def _mix_backward(
 # Custom ops (fake kernels: shapes only, used under the interpreter; triton_op traces the
 # launcher itself instead)
 # --------------------------------------------------------------------------------------------
-def _mix_fake(images: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+def _mix_fake(images: Tensor, logits: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
     _check_mix_args("mix_triton", images, logits)
     B, _, C, H, W = images.shape
     return images.new_empty((B, C, H, W)), logits.new_empty((B,), dtype=torch.float32)
 
 
 def _mix_backward_fake(
-    grad_mixed: Tensor, grad_sparsity: Tensor, images: Tensor, logits: Tensor, need_images_grad: bool
+    grad_mixed: Tensor,
+    grad_sparsity: Tensor,
+    images: Tensor,
+    logits: Tensor,
+    need_images_grad: bool,
+    deterministic: bool = False,
 ) -> tuple[Tensor, Tensor]:
     _check_mix_args("mix_backward_triton", images, logits)
     grad_images = images.new_empty(images.shape if need_images_grad else (0,))
@@ -347,32 +515,39 @@ def _mix_backward_fake(
 
 
 @register_op("supermix::mix_triton", _mix_fake)
-def _mix_op(images: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+def _mix_op(images: Tensor, logits: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
     return _mix_forward(images, logits)
 
 
 @register_op("supermix::mix_backward_triton", _mix_backward_fake)
 def _mix_backward_op(
-    grad_mixed: Tensor, grad_sparsity: Tensor, images: Tensor, logits: Tensor, need_images_grad: bool
+    grad_mixed: Tensor,
+    grad_sparsity: Tensor,
+    images: Tensor,
+    logits: Tensor,
+    need_images_grad: bool,
+    deterministic: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    return _mix_backward(grad_mixed, grad_sparsity, images, logits, need_images_grad)
+    return _mix_backward(grad_mixed, grad_sparsity, images, logits, need_images_grad, deterministic)
 
 
 # --------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------
-def mix_triton(images: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+def mix_triton(images: Tensor, logits: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
     """Mix k images through sigmoid-normalised, bilinearly upsampled masks (Triton).
 
     Args:
         images: [B,k,C,H,W] float32 / float16 / bfloat16.
         logits: [B,k,h,w] float32, h <= H, w <= W.
+        deterministic: carried to the backward by ``supermix_ext.ops``'s autograd formula (the
+            forward is deterministic either way).
 
     Returns:
         mixed [B,C,H,W] in images' dtype, sparsity [B] float32 (as ``reference.mix_ref``).
         Not differentiable by itself: ``supermix_ext.ops`` registers the autograd formula.
     """
-    return torch.ops.supermix.mix_triton(images, logits)
+    return torch.ops.supermix.mix_triton(images, logits, bool(deterministic))
 
 
 def mix_backward_triton(
@@ -381,6 +556,7 @@ def mix_backward_triton(
     images: Tensor,
     logits: Tensor,
     need_images_grad: bool = True,
+    deterministic: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Backward of ``mix_triton`` in one fused pass over the output pixels.
 
@@ -389,10 +565,13 @@ def mix_backward_triton(
         grad_sparsity: [B] gradient with respect to ``sparsity`` (zeros if unused).
         images, logits: the forward's inputs.
         need_images_grad: compute grad_images (else an empty [0] tensor is returned for it).
+        deterministic: reduce onto the grid in a fixed order (two passes, k floats of scratch
+            per pixel) instead of with float atomics; also on under
+            ``torch.use_deterministic_algorithms(True)``.
 
     Returns:
         grad_images [B,k,C,H,W] in images' dtype (or [0]), grad_logits [B,k,h,w] float32.
     """
     return torch.ops.supermix.mix_backward_triton(
-        grad_mixed, grad_sparsity, images, logits, need_images_grad
+        grad_mixed, grad_sparsity, images, logits, need_images_grad, bool(deterministic)
     )

@@ -11,9 +11,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
-
-from ._common import check, check_device, register_op
+from ._common import check, check_device, launch, needs_int64_index, register_op
 from .gaussian_smooth import _gaussian_taps, _smooth_gather, cell_block, check_sigma, taps_config
 
 __all__ = ["newton_step_triton"]
@@ -41,6 +39,7 @@ def _newton_step_kernel(
     denom_eps,
     BLOCK_T: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    INT64: tl.constexpr,
 ):
     """Newton step with smooth projection (paper eq. 7) on sample b.
 
@@ -52,6 +51,9 @@ def _newton_step_kernel(
     b = tl.program_id(0).to(tl.int64)
     hw = h * w
     n = K * hw
+    if INT64:  # a sample of 2^31 cells or more
+        hw = tl.cast(h, tl.int64) * w
+        n = tl.cast(K, tl.int64) * hw
     base = b * n
     taps, t = _gaussian_taps(R, neg_inv_two_sigma_sq, BLOCK_T)
 
@@ -69,7 +71,11 @@ def _newton_step_kernel(
         tl.store(out_ptr + base + offs, sg, mask=valid)
 
     denom = tl.sum(dot, axis=0) + denom_eps
-    step = tl.minimum(tl.maximum(tl.load(loss_ptr + b) / denom, step_min), step_max)
+    # Comparisons rather than tl.maximum/minimum (max.f32 returns the non-NaN operand): a NaN
+    # loss gives a NaN step, as torch.clamp, the reference and the CUDA kernel do.
+    step = tl.load(loss_ptr + b) / denom
+    step = tl.where(step < step_min, step_min, step)
+    step = tl.where(step > step_max, step_max, step)
     active = tl.load(active_ptr + b) != 0
     # Pass 2 reads cells other threads staged: make their stores visible first.
     tl.debug_barrier()
@@ -106,10 +112,11 @@ def _newton_step(logits: Tensor, grad: Tensor, loss: Tensor, active: Tensor, sig
         return out
     radius, coef, block_t = taps_config(sigma)
     block_p, num_warps = cell_block(k * h * w, block_t)
-    wrap_triton(_newton_step_kernel)[(B,)](
+    launch(
+        _newton_step_kernel, (B,), logits.device, op,
         logits, grad, loss, active, out,
         k, h, w, radius, coef, _STEP_MIN, _STEP_MAX, _DENOM_EPS,
-        BLOCK_T=block_t, BLOCK_P=block_p, num_warps=num_warps,
+        BLOCK_T=block_t, BLOCK_P=block_p, INT64=needs_int64_index(logits.numel()), num_warps=num_warps,
     )  # fmt: skip
     return out
 
