@@ -15,7 +15,7 @@ import torch
 import supermix_ext
 from benchutil import RATIOS, record
 from supermix_ext.reference import mix_ref, newton_step_ref
-from testing import MixShape, assert_close, backends_for, random_mix_inputs
+from supermix_ext.testing import MixShape, assert_close, backends_for, random_mix_inputs
 
 SIZES = {
     "cifar": MixShape(128, 2, 3, 32, 32, 8, 8),

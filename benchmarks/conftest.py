@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "0")
 # SUPERMIX_BENCH_THREADS=1 gives steadier numbers while other jobs share the cores.
