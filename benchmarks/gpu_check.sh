@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with an NVIDIA GPU (e.g. the lent H200), in well under 8 minutes:
 # builds the CUDA kernels for the local GPU, runs the op tests on cuda (CUDA and Triton backends
-# against the reference), times the ops with triton.testing.do_bench against the reference,
-# reports mix's achieved memory bandwidth, and prints a short table last.
+# against the reference, deterministic mode, one solver iteration captured in a CUDA graph, no
+# host syncs, a second GPU when there is one), times the ops with triton.testing.do_bench against
+# the reference, reports mix's achieved memory bandwidth, and prints a short table last.
 # It uses the machine's own python3 and torch (no installs: such machines have no network).
 # Record what it prints, the date and the GPU in benchmarks/RESULTS.md.
 set -euo pipefail
@@ -26,7 +27,8 @@ $PY -c "import supermix_ext, json; print(json.dumps(supermix_ext.backend_info())
 
 echo "== tests on cuda"
 set +e
-SUPERMIX_REQUIRE_COMPILED=1 $PY -m pytest tests/test_ops.py -q -p no:cacheprovider -k "cuda" 2>&1 | tee "$OUTDIR/tests.log" | tail -n 15
+SUPERMIX_REQUIRE_COMPILED=1 $PY -m pytest tests/test_ops.py tests/test_cuda_device.py -q -rs -p no:cacheprovider \
+  -k "cuda" 2>&1 | tee "$OUTDIR/tests.log" | tail -n 15
 tests_rc=${PIPESTATUS[0]}
 set -e
 echo "tests: rc=$tests_rc, $(( $(date +%s) - start )) s so far"

@@ -421,3 +421,203 @@ def test_sparsity_matches_paper_definition():
             continue
         _, sparsity = supermix_ext.mix(images, logits, backend=backend)
         assert_close(sparsity, expected, atol=1e-12, rtol=1e-10, what=backend)
+
+
+# ------------------------------------------------------------------ deterministic mode ----
+def _mix_grads(images, logits, grad_mixed, grad_sparsity, backend, deterministic):
+    images_ = images.detach().requires_grad_()
+    logits_ = logits.detach().requires_grad_()
+    mixed, sparsity = supermix_ext.mix(images_, logits_, backend=backend, deterministic=deterministic)
+    torch.autograd.backward([mixed, sparsity], [grad_mixed, grad_sparsity])
+    return mixed.detach(), sparsity.detach(), images_.grad, logits_.grad
+
+
+@pytest.mark.parametrize("device,backend", FAST_PATHS)
+@pytest.mark.parametrize("shape", MIX_SHAPES, ids=str)
+def test_mix_deterministic_backward_matches_reference_and_repeats_bit_for_bit(device, backend, shape):
+    """deterministic=True: the ordered two-pass reduction onto the grid (GPUs) gives the
+    reference's gradients, and the same bits on every run."""
+    images, logits = random_mix_inputs(shape, device, seed=13)
+    g = torch.Generator().manual_seed(17)
+    grad_mixed = torch.randn(shape.B, shape.C, shape.H, shape.W, generator=g).to(device)
+    grad_sparsity = torch.randn(shape.B, generator=g).to(device)
+    first = _mix_grads(images, logits, grad_mixed, grad_sparsity, backend, True)
+    second = _mix_grads(images, logits, grad_mixed, grad_sparsity, backend, True)
+    for name, a, b in zip(("mixed", "sparsity", "grad images", "grad logits"), first, second):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32)), f"{name} differs between two runs"
+    images64 = images.double().requires_grad_()
+    logits64 = logits.double().requires_grad_()
+    mixed64, sparsity64 = mix_ref(images64, logits64)
+    torch.autograd.backward([mixed64, sparsity64], [grad_mixed.double(), grad_sparsity.double()])
+    scale = logits64.grad.abs().max().item()
+    assert_close(first[3], logits64.grad, atol=1e-5 * max(1.0, scale), rtol=1e-4, what="grad logits")
+    assert_close(first[2], images64.grad, what="grad images", **FP32_TOL)
+    # The default (atomic) backward computes the same function to rounding.
+    default = _mix_grads(images, logits, grad_mixed, grad_sparsity, backend, False)
+    assert_close(default[3], first[3], atol=1e-6 * max(1.0, scale), rtol=1e-5, what="atomic vs ordered")
+
+
+def test_cpu_kernels_are_deterministic_in_either_mode():
+    """The CPU kernels have a fixed reduction order whatever the mode and thread count."""
+    if "cpp" not in backends_for("cpu"):
+        pytest.skip("the compiled library is not built here")
+    shape = MIX_SHAPES[1]
+    images, logits = random_mix_inputs(shape, "cpu", seed=21)
+    grad_mixed = torch.randn(shape.B, shape.C, shape.H, shape.W)
+    grad_sparsity = torch.randn(shape.B)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for deterministic, num_threads in ((False, 1), (True, 2), (False, 2)):
+            torch.set_num_threads(num_threads)
+            results.append(_mix_grads(images, logits, grad_mixed, grad_sparsity, "cpp", deterministic))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_deterministic_switches():
+    """set_deterministic / deterministic_mode / torch.use_deterministic_algorithms turn the mode on."""
+    supermix_ext.set_deterministic(False)
+    try:
+        assert not supermix_ext.deterministic_enabled()
+        with supermix_ext.deterministic_mode():
+            assert supermix_ext.deterministic_enabled()
+            with supermix_ext.deterministic_mode(False):
+                assert not supermix_ext.deterministic_enabled()
+            assert supermix_ext.deterministic_enabled()
+        assert not supermix_ext.deterministic_enabled()
+        supermix_ext.set_deterministic(True)
+        assert supermix_ext.deterministic_enabled()
+        supermix_ext.set_deterministic(False)
+        with pytest.raises(TypeError, match="mode must be a bool or None"):
+            supermix_ext.set_deterministic(1)
+        before = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            assert supermix_ext.deterministic_enabled()  # torch's flag wins over False
+        finally:
+            torch.use_deterministic_algorithms(before)
+    finally:
+        supermix_ext.set_deterministic(None)
+
+
+@pytest.mark.parametrize("device,backend", FAST_PATHS)
+def test_deterministic_mode_reaches_the_backward_op(device, backend):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    backward_name = "mix_backward" if backend == "cpp" else "mix_backward_triton"
+    seen = []
+
+    class RecordBackward(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.name().startswith(f"supermix::{backward_name}"):
+                seen.append(bool(args[5]) if len(args) > 5 else bool((kwargs or {}).get("deterministic", False)))
+            return func(*args, **(kwargs or {}))
+
+    images, logits = random_mix_inputs(SMALL_MIX_SHAPES[0], device)
+    for mode in (False, True):
+        with supermix_ext.deterministic_mode(mode):
+            logits_ = logits.clone().requires_grad_()
+            _, sparsity = supermix_ext.mix(images, logits_, backend=backend)
+        with RecordBackward():  # the backward runs after the block: the forward's mode holds
+            sparsity.sum().backward()
+    assert seen == [False, True]
+
+
+# ------------------------------------------------------------------- NaN propagation ----
+@pytest.mark.parametrize("device,backend", ALL_PATHS)
+def test_newton_step_nan_loss_gives_nan_step(device, backend):
+    """A NaN loss stays NaN through the step clamp (torch.clamp, the reference), never 1e-4."""
+    logits, grad, loss, active = _newton_inputs((3, 2, 4, 5), device, torch.float32, seed=4)
+    active[:] = True
+    loss[0] = float("nan")
+    out = supermix_ext.newton_step(logits, grad, loss, active, 1.0, backend=backend)
+    assert out[0].isnan().all(), f"{backend}: a NaN loss gave a finite step"
+    assert out[1:].isfinite().all()
+
+
+# --------------------------------------------------------------- Triton launch plumbing ----
+def _triton_modules():
+    info = supermix_ext.backend_info()
+    if not info["triton_devices"]:
+        pytest.skip(f"Triton kernels not usable here: {info['triton_error']}")
+    from supermix_ext.triton import _common, gaussian_smooth, mix, newton_step
+
+    return _common, mix, gaussian_smooth, newton_step
+
+
+def test_triton_device_guard_selects_the_tensors_device():
+    """Triton launches on the current CUDA device: the guard makes it the tensors' (cuda:1 too)."""
+    _common = _triton_modules()[0]
+    guard = _common.device_guard(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert not isinstance(_common.device_guard(torch.device("cpu")), torch.cuda.device)
+
+
+def test_every_triton_launch_runs_under_the_inputs_device_guard(monkeypatch):
+    _common, *modules = _triton_modules()
+    if "cpu" not in supermix_ext.backend_info()["triton_devices"]:
+        pytest.skip("the Triton kernels run on CUDA tensors here; this checks the CPU interpreter path")
+    guarded: list[torch.device] = []
+    launches: list[tuple[str, torch.device | None]] = []
+    real_wrap = _common.wrap_triton
+
+    class RecordingGuard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            guarded.append(self.device)
+
+        def __exit__(self, *exc):
+            guarded.pop()
+
+    def recording_wrap(kernel):
+        launches.append((kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), guarded[-1] if guarded else None))
+        return real_wrap(kernel)
+
+    monkeypatch.setattr(_common, "device_guard", RecordingGuard)
+    monkeypatch.setattr(_common, "wrap_triton", recording_wrap)
+    images, logits = random_mix_inputs(SMALL_MIX_SHAPES[0], "cpu")
+    for deterministic in (False, True):
+        logits_ = logits.clone().requires_grad_()
+        mixed, sparsity = supermix_ext.mix(images, logits_, backend="triton", deterministic=deterministic)
+        (mixed.sum() + sparsity.sum()).backward()
+    supermix_ext.gaussian_smooth(torch.randn(2, 4, 4), 1.0, backend="triton")
+    supermix_ext.newton_step(logits, logits, torch.ones(2), torch.ones(2, dtype=torch.bool), 1.0, backend="triton")
+    names = {name for name, _ in launches}
+    assert names == {"_mix_fwd_kernel", "_mix_bwd_kernel", "_bilinear_adjoint_kernel", "_gaussian_smooth_kernel",
+                     "_newton_step_kernel"}, names
+    unguarded = [name for name, device in launches if device != torch.device("cpu")]
+    assert not unguarded, f"launched outside a guard for the inputs' device: {unguarded}"
+    # Launch sites cannot bypass the guard: only _common.launch wraps kernels.
+    for module in modules:
+        source = open(module.__file__).read()
+        assert "wrap_triton(" not in source and "](" not in source.replace("[(", ""), module.__name__
+
+
+def test_triton_launch_plans_fit_cuda_grid_limits_and_switch_to_int64():
+    """Pixel blocks no longer go on grid axis 1 (65535 programs at most): grids are 1-D with up to
+    2^31 - 1 programs, and offsets are int64 once a tensor has 2^31 elements or more."""
+    _common, mix, gaussian_smooth, _ = _triton_modules()
+    big_image = mix.mix_launch_plan(B=1, k=2, C=3, H=32768, W=32768, h=16, w=16)
+    assert big_image.num_blocks > 65535 and len(big_image.grid) == 1
+    assert big_image.grid[0] == big_image.num_blocks <= _common.MAX_GRID[0]
+    assert big_image.int64_index  # 2 * 3 * 32768^2 > 2^31 - 1
+    big_batch = mix.mix_launch_plan(B=100000, k=2, C=3, H=32, W=32, h=8, w=8)
+    assert big_batch.grid == (100000 * big_batch.num_blocks,) and not big_batch.int64_index
+    assert big_batch.gather_grid == (100000 * 2 * big_batch.gather_blocks,)
+    for shape in MIX_SHAPES:
+        plan = mix.mix_launch_plan(shape.B, shape.k, shape.C, shape.H, shape.W, shape.h, shape.w)
+        assert not plan.int64_index and plan.num_blocks * plan.block_p >= shape.H * shape.W
+    edge = 2**31 - 1  # the largest element count int32 offsets still reach
+    assert not _common.needs_int64_index(edge) and _common.needs_int64_index(edge + 1)
+    smooth = gaussian_smooth.smooth_launch_plan(N=200000, h=512, w=512, sigma=2.0)
+    assert len(smooth.grid) == 1 and smooth.grid[0] <= _common.MAX_GRID[0] and smooth.int64_index
+    with pytest.raises(ValueError, match="exceed CUDA's limit"):
+        _common.check_grid((2**31,), "mix_triton")
+    with pytest.raises(ValueError, match="grid axis 1"):
+        _common.check_grid((1, 65536), "mix_triton")
