@@ -1,5 +1,7 @@
 """GPU timings of the three ops: reference vs cpp (CUDA) vs triton, with triton.testing.do_bench.
 
+The mix backward is timed in both modes: float atomics (default) and deterministic ("det").
+
 Run on a GPU machine (benchmarks/gpu_check.sh calls it):  python benchmarks/gpu_bench.py [--out FILE]
 Every case is checked against the float64 reference before it is timed. Times are medians
 (quantiles 0.5/0.2/0.8) in ms; for mix forward the achieved memory bandwidth counts the bytes
@@ -66,6 +68,15 @@ def bench_size(name, cfg, providers, rows):
                          gbps=nbytes / (t_fwd[0] * 1e-3) / 1e9, rel_err=err))
         rows.append(dict(size=name, op="mix fwd+bwd", provider=provider, ms=t_full[0], p20=t_full[1], p80=t_full[2],
                          peak_mb=peak_mb))
+        if provider != "reference":
+            # Deterministic mode: the ordered two-pass backward instead of float atomics.
+            def full_deterministic():
+                m, s = supermix_ext.mix(images, logits, backend=provider, deterministic=True)
+                torch.autograd.grad([m, s], [logits], [grad_mixed, torch.ones_like(s)])
+
+            t_det = do_bench(full_deterministic, quantiles=q)
+            rows.append(dict(size=name, op="mix fwd+bwd det", provider=provider, ms=t_det[0], p20=t_det[1],
+                             p80=t_det[2]))
         if dtype == torch.float32:
             out = supermix_ext.newton_step(lg, gr, loss, active, cfg["sigma"], backend=provider)
             t = do_bench(lambda: supermix_ext.newton_step(lg, gr, loss, active, cfg["sigma"], backend=provider),
