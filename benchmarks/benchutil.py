@@ -12,3 +12,5 @@ def record(benchmark, group: str, provider: str, **extra) -> None:
 
 # Rows of the solver table (paper Table 4 on this machine), printed by conftest.
 SOLVER_ROWS: list[dict] = []
+# Rows of the margin_gd vs tuned-SGD comparison (every teacher and setting), printed by conftest.
+COMPARISON_ROWS: list[dict] = []

@@ -16,7 +16,7 @@ from testing import assert_close, backends_for
 @functools.lru_cache(maxsize=1)
 def _teacher_and_images():
     from supermix import data
-    from supermix.checkpoint import default_teacher_path, load_teacher
+    from supermix.teachers import default_teacher_path, load_teacher
 
     path = default_teacher_path()
     if not path.exists():
@@ -196,6 +196,84 @@ def test_autocast_and_channels_last_run(teacher, test_images):
     assert result.mixed.shape == x.shape and torch.isfinite(result.mask_logits).all()
 
 
+# ---------------------------------------------------------------------------- margin_gd ----
+def _confirm_by_teacher(teacher, x, result) -> torch.Tensor:
+    """Success flags recomputed per sample from the teacher, written here without is_success:
+    the set of the top-u classes on the mixed image equals the sources' u distinct labels."""
+    with torch.no_grad():
+        labels = teacher(x).argmax(1)
+        probs = torch.softmax(teacher(result.mixed), dim=1)
+    flags = []
+    for b in range(len(result)):
+        wanted = {int(c) for c in labels[result.sources[b]]}
+        flags.append({int(c) for c in probs[b].topk(len(wanted)).indices} == wanted)
+    return torch.tensor(flags)
+
+
+def test_margin_gd_is_the_default_and_its_successes_are_real(teacher, test_images):
+    assert supermix.solver.DEFAULT_METHOD == "margin_gd"
+    x = _batch(test_images, 640)
+    result = supermix.solve(teacher, x, generator=torch.Generator().manual_seed(20))
+    assert torch.equal(_confirm_by_teacher(teacher, x, result), result.success)
+    assert result.success.float().mean() >= 0.95, result.summary()
+    assert (result.iters[~result.success] == 50).all()
+
+
+def test_margin_gd_hinge_by_hand():
+    log_probs = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]]).log()
+    present = torch.tensor([[True, True, False], [True, False, False], [True, True, False]])
+    margin = 0.5
+    expected = []
+    for lp, pr in zip(log_probs.tolist(), present.tolist()):
+        other = max(v for v, p in zip(lp, pr) if not p)
+        expected.append(sum(max(0.0, other - v + margin) for v, p in zip(lp, pr) if p))
+    got = supermix.solver.success_margin_hinge(log_probs, present, margin)
+    assert_close(got, torch.tensor(expected), atol=1e-6, rtol=0, what="hinge")
+    assert got[0] == 0 and got[1] > 0 and got[2] > 0  # the first set already leads by the margin
+
+
+def test_margin_gd_first_step_by_hand(teacher, test_images):
+    """One step against an oracle built from the reference mix and autograd: logits move by
+    -rate * grad(KL + lambda_s L_s + hinge), rate = FIRST_STEP / median of the stepping
+    samples' largest gradient entry; samples that already succeed stay at zero."""
+    from supermix import solver
+    from supermix_ext import reference
+
+    x = _batch(test_images, 768, 48)
+    sources = cyclic_sources(48, 2, torch.Generator().manual_seed(21))
+    result = supermix.solve(teacher, x, sources=sources, max_iters=1, generator=torch.Generator().manual_seed(22))
+    targets = torch.zeros(48, 10).scatter_add_(1, result.labels[sources], result.weights)
+    present = torch.zeros(48, 10, dtype=torch.bool).scatter_(1, result.labels[sources], True)
+    logits = torch.zeros(48, 2, 8, 8, requires_grad=True)
+    mixed, sparsity = reference.mix_ref(x[sources], logits)
+    log_probs = torch.log_softmax(teacher(mixed), dim=1)
+    hinge = torch.stack([
+        sum(torch.relu(log_probs[b][~present[b]].max() - log_probs[b][c] + solver.MARGIN_GD_MARGIN)
+            for c in present[b].nonzero().flatten())
+        for b in range(48)
+    ])
+    loss = (targets * (targets.clamp_min(1e-30).log() - log_probs)).sum(1) + 25.0 * sparsity + hinge
+    (grad,) = torch.autograd.grad(loss.sum(), [logits])
+    stepped = result.iters == 1
+    assert stepped.sum() >= 10 and (~stepped).sum() >= 3
+    largest = grad[stepped].flatten(1).abs().amax(1)
+    rate = solver.MARGIN_GD_FIRST_STEP / largest.median()
+    expected = torch.where(stepped.view(-1, 1, 1, 1), -rate * grad, torch.zeros_like(grad))
+    assert_close(result.mask_logits, expected, atol=1e-4, rtol=1e-3, what="first margin_gd step")
+    moved = result.mask_logits[stepped].flatten(1).abs().amax(1)
+    assert math.isclose(float(moved.median()), solver.MARGIN_GD_FIRST_STEP, rel_tol=1e-4)
+
+
+def test_margin_gd_leaves_finished_samples_untouched(teacher, test_images):
+    x = _batch(test_images, 896, 64)
+    short = supermix.solve(teacher, x, max_iters=2, generator=torch.Generator().manual_seed(23))
+    long = supermix.solve(teacher, x, max_iters=6, generator=torch.Generator().manual_seed(23))
+    done = short.success
+    assert done.sum() >= 10 and (long.iters > 2).any()
+    for name in ("mask_logits", "mixed", "iters", "probs"):
+        assert torch.equal(getattr(short, name)[done], getattr(long, name)[done]), name
+
+
 # ----------------------------------------------------------------------------- sampling ----
 def test_dirichlet_samples_have_the_right_moments():
     alpha, k, n = 3.0, 3, 20000
@@ -238,7 +316,7 @@ class _Flat(nn.Module):
         (dict(alpha=0.0), r"alpha must be a finite number > 0, got 0.0"),
         (dict(lambda_s=-1.0), r"lambda_s must be a finite number >= 0, got -1.0"),
         (dict(max_iters=-1), r"max_iters must be an int >= 0, got -1"),
-        (dict(method="adam"), r"method must be one of \('newton_sp', 'newton', 'sgd'\), got 'adam'"),
+        (dict(method="adam"), r"method must be one of \('margin_gd', 'newton_sp', 'newton', 'sgd'\), got 'adam'"),
         (dict(mask_size=40), r"mask_size must be between 1x1 and the image size 28x28, got 40x40"),
     ],
 )
