@@ -325,6 +325,29 @@ def test_bad_arguments_are_named(kwargs, message):
         supermix.solve(_Flat((10,)), torch.randn(8, 1, 28, 28), **kwargs)
 
 
+class _NaNAfter(nn.Module):
+    """Finite logits for the first ``calls`` calls, then NaN on every row."""
+
+    def __init__(self, calls):
+        super().__init__()
+        self.calls, self.seen = calls, 0
+        self.lin = nn.Linear(28 * 28, 10)
+
+    def forward(self, x):
+        self.seen += 1
+        out = self.lin(x.flatten(1))
+        return out if self.seen <= self.calls else out * float("nan")
+
+
+@pytest.mark.parametrize("method", ["margin_gd", "newton_sp", "sgd"])
+def test_non_finite_teacher_is_named(method):
+    x = torch.randn(8, 1, 28, 28)
+    with pytest.raises(FloatingPointError, match=r"non-finite logits \(NaN or inf\) on 8 of 8 source images"):
+        supermix.solve(_NaNAfter(0), x, method=method)
+    with pytest.raises(FloatingPointError, match=r"non-finite logits \(NaN or inf\) on \d+ of \d+ mixed images at iteration 1"):
+        supermix.solve(_NaNAfter(2), x, method=method, max_iters=5, min_iters=2)
+
+
 def test_bad_teacher_output_and_images():
     with pytest.raises(ValueError, match=r"teacher must map \[N,C,H,W\] to logits \[N, classes>=2\]; for N=8 it returned \[8, 10, 2\]"):
         supermix.solve(_Flat((10, 2)), torch.randn(8, 1, 28, 28))

@@ -266,6 +266,16 @@ def _check_teacher_output(out, n: int) -> None:
         raise ValueError(f"solve: teacher must map [N,C,H,W] to logits [N, classes>=2]; for N={n} it returned {got}")
 
 
+def _check_finite_logits(out: torch.Tensor, what: str) -> None:
+    """A teacher that returns NaN/inf would make every label and image after it meaningless."""
+    bad = ~torch.isfinite(out).all(dim=1)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise FloatingPointError(
+            f"solve: the teacher returned non-finite logits (NaN or inf) on {int(bad.sum())} of {out.shape[0]} "
+            f"{what} (first at row {first}); check the teacher's weights and the input normalisation")
+
+
 # ---------------------------------------------------------------------------------- solve ----
 def solve(
     teacher,
@@ -329,6 +339,7 @@ def solve(
         with torch.no_grad():
             source_logits = _teacher_logits(teacher, images, autocast_dtype, channels_last)
         _check_teacher_output(source_logits, n_images)
+        _check_finite_logits(source_logits, "source images")
         stats.forward_calls += 1
         stats.forward_samples += n_images
         labels = source_logits.argmax(dim=1)
@@ -382,6 +393,7 @@ def _iterate(teacher, images, sources, targets, present, num_present, k, lambda_
         with torch.enable_grad():
             mixed, sparsity = mix(stacked[active], logits, backend=backend)
             out = _teacher_logits(teacher, mixed, autocast_dtype, channels_last)
+        _check_finite_logits(out.detach(), f"mixed images at iteration {t}")
         stats.forward_calls += 1
         stats.forward_samples += active.numel()
         log_probs = F.log_softmax(out, dim=1)
@@ -413,6 +425,9 @@ def _iterate(teacher, images, sources, targets, present, num_present, k, lambda_
             else:
                 step_sigma = float(sigma) if method == "newton_sp" else 0.0
                 updated = newton_step(logits, grad, loss.detach(), going, step_sigma, backend=backend)
+            if not bool(torch.isfinite(updated).all()):
+                raise FloatingPointError(f"solve: the {method} step at iteration {t} produced non-finite mask logits; "
+                                         "the teacher's gradient is NaN or inf")
             mask_logits[active] = updated
             iters[active[going]] += 1
             active = active[going]
