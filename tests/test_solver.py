@@ -348,6 +348,33 @@ def test_non_finite_teacher_is_named(method):
         supermix.solve(_NaNAfter(2), x, method=method, max_iters=5, min_iters=2)
 
 
+def test_teacher_modes_are_restored_per_submodule(teacher, test_images):
+    """A training teacher with a frozen (eval) BatchNorm comes back exactly as it was."""
+    import copy
+
+    from supermix import MixUp
+
+    net = copy.deepcopy(teacher).train()
+    frozen = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)][1]
+    frozen.eval()
+    before = [m.training for m in net.modules()]
+    x = _batch(test_images, 0, 8)
+    supermix.solve(net, x, max_iters=2, generator=torch.Generator().manual_seed(0))
+    assert [m.training for m in net.modules()] == before
+    MixUp(teacher=net)(x, torch.zeros(8, dtype=torch.long))
+    assert [m.training for m in net.modules()] == before
+    net.eval()
+    supermix.solve(net, x, max_iters=1)
+    assert not any(m.training for m in net.modules())
+
+
+def test_mixer_names_a_non_finite_teacher():
+    from supermix import MixUp
+
+    with pytest.raises(FloatingPointError, match=r"MixUp: the teacher returned non-finite logits \(NaN or inf\) on \d+ of \d+ images"):
+        MixUp(teacher=_NaNAfter(0))(torch.randn(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))
+
+
 def test_bad_teacher_output_and_images():
     with pytest.raises(ValueError, match=r"teacher must map \[N,C,H,W\] to logits \[N, classes>=2\]; for N=8 it returned \[8, 10, 2\]"):
         supermix.solve(_Flat((10, 2)), torch.randn(8, 1, 28, 28))

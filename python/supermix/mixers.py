@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from supermix.solver import MixResult, SolveStats, cyclic_sources, sample_dirichlet, solve
+from supermix.solver import MixResult, SolveStats, cyclic_sources, eval_mode, sample_dirichlet, solve
 
 __all__ = ["CutMix", "MixUp", "SuperMix", "create_mixer", "MIXERS", "LABELS", "MODES", "ON_FAILURE", "SOLVE_OPTIONS"]
 
@@ -194,15 +194,13 @@ class _Mixer(nn.Module):
 
     # ----------------------------------------------------------------------- teacher ----
     def _teacher_probs(self, mixed: torch.Tensor) -> torch.Tensor:
-        was_training = getattr(self.teacher, "training", False)
-        if isinstance(self.teacher, nn.Module):
-            self.teacher.eval()
-        try:
-            with torch.no_grad():
-                return F.softmax(self.teacher(mixed).float(), dim=1)
-        finally:
-            if isinstance(self.teacher, nn.Module) and was_training:
-                self.teacher.train()
+        with eval_mode(self.teacher), torch.no_grad():
+            logits = self.teacher(mixed).float()
+        if not bool(torch.isfinite(logits).all()):
+            bad = int((~torch.isfinite(logits).all(dim=1)).sum())
+            raise FloatingPointError(f"{self.name}: the teacher returned non-finite logits (NaN or inf) on {bad} "
+                                     f"of {logits.shape[0]} images; check its weights and the input normalisation")
+        return F.softmax(logits, dim=1)
 
     def _label_width(self, x: torch.Tensor) -> int:
         """num_classes, or the teacher's output width (one image, once), checked against it."""

@@ -34,7 +34,7 @@ from supermix_ext import mix, newton_step, resolve_backend
 from supermix_ext.reference import normalised_masks_ref
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "MixResult", "SolveStats", "sample_dirichlet", "cyclic_sources", "solve",
-           "is_success", "success_margin_hinge"]
+           "is_success", "success_margin_hinge", "eval_mode"]
 
 METHODS = ("margin_gd", "newton_sp", "newton", "sgd")
 # The method that solve, the mixers and generate use when none is named.
@@ -247,6 +247,22 @@ def _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mas
         raise ValueError("solve: images must be finite, got NaN or infinite values")
 
 
+@contextlib.contextmanager
+def eval_mode(module):
+    """Run ``module`` (an nn.Module, or any callable) in eval mode, then give every submodule
+    back the mode it had: a frozen BatchNorm inside a training model stays frozen."""
+    if not isinstance(module, nn.Module):
+        yield module
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _teacher_logits(teacher, x, autocast_dtype, channels_last) -> torch.Tensor:
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -332,10 +348,7 @@ def solve(
     n_images = images.shape[0]
     resolve_backend(device, backend)  # fail early on an unusable backend
     stats = SolveStats()
-    was_training = getattr(teacher, "training", False)
-    if isinstance(teacher, nn.Module):
-        teacher.eval()
-    try:
+    with eval_mode(teacher):
         with torch.no_grad():
             source_logits = _teacher_logits(teacher, images, autocast_dtype, channels_last)
         _check_teacher_output(source_logits, n_images)
@@ -361,9 +374,6 @@ def solve(
             teacher, images, sources, targets, present, num_present, k, lambda_s, lambda_tv, sigma,
             mask_size, max_iters, method, lr, backend, autocast_dtype, channels_last, stats, min_iters,
         )
-    finally:
-        if isinstance(teacher, nn.Module) and was_training:
-            teacher.train()
     mixed, mask_logits, probs, iters, success = result
     stats.seconds = time.perf_counter() - start
     return MixResult(
