@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from supermix import data
+from supermix.runtime import make_generator
+from supermix.training import CropFlip, EpochPlan, ImageBank, bank_stream, crop_flip
 from supermix.errors import MissingFileError, UsageError
 
 FMNIST = Path(data.DEFAULT_FASHION_MNIST_ROOT)
@@ -143,38 +145,39 @@ def test_normalize_roundtrip(name):
         assert data.normalize(torch.rand(2, 3, 4, 4), name).shape == (2, 3, 4, 4)
 
 
-def test_random_crop_flip_matches_per_sample_crop():
+def test_crop_flip_matches_per_sample_crop():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(1, 256, (5, 2, 6, 7), dtype=torch.uint8)
-    state = g.get_state()
-    out = data.random_crop_flip(images, padding=2, flip=False, generator=g)
-    g.set_state(state)
-    dy = torch.randint(0, 5, (5, 1), generator=g).flatten().tolist()
-    dx = torch.randint(0, 5, (5, 1), generator=g).flatten().tolist()
+    params = CropFlip.draw(5, padding=2, flip=False, generator=g)
+    out = crop_flip(images, params, padding=2)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     for b in range(5):
-        expected = padded[b, :, dy[b]:dy[b] + 6, dx[b]:dx[b] + 7]
-        assert torch.equal(out[b], expected), f"sample {b}: offsets ({dy[b]}, {dx[b]})"
-    flipped = data.random_crop_flip(images, padding=0, flip=True, generator=g)
+        dy, dx = int(params.dy[b]), int(params.dx[b])
+        expected = padded[b, :, dy:dy + 6, dx:dx + 7]
+        assert torch.equal(out[b], expected), f"sample {b}: offsets ({dy}, {dx})"
+    params = CropFlip.draw(5, padding=0, flip=True, generator=g)
+    flipped = crop_flip(images, params, padding=0)
     for b in range(5):
-        assert torch.equal(flipped[b], images[b]) or torch.equal(flipped[b], images[b].flip(-1))
-    assert torch.equal(data.random_crop_flip(images, 0, False), images)
+        expected = images[b].flip(-1) if bool(params.flip[b]) else images[b]
+        assert torch.equal(flipped[b], expected), f"sample {b}"
+    assert torch.equal(crop_flip(images, CropFlip.draw(5, 0, False, g), 0), images)
 
 
-def test_tensor_loader_batches_and_determinism():
+def test_image_bank_batches_and_determinism():
     images = torch.randint(0, 256, (37, 1, 8, 8), dtype=torch.uint8)
     labels = torch.arange(37)
+    bank = ImageBank(images, [0.5], [0.25], padding=2, flip=True, repeat_channels=3)
 
     def epoch(seed):
-        loader = data.TensorLoader(images, labels, batch_size=10, shuffle=True, padding=2,
-                                   flip=True, stats_name="fashion-mnist", repeat_channels=3,
-                                   generator=torch.Generator().manual_seed(seed))
-        return list(loader)
+        plan = EpochPlan(37, 10, seed, epoch=0)
+        return list(bank_stream(bank, labels, plan, lambda s: s, make_generator(seed, "aug"),
+                                torch.device("cpu"), torch.contiguous_format))
 
     batches = epoch(1)
-    assert len(batches) == 4 and [b[0].shape[0] for b in batches] == [10, 10, 10, 7]
+    # The last partial batch is dropped, so every step has the global batch.
+    assert len(batches) == 3 and [b[0].shape[0] for b in batches] == [10, 10, 10]
     assert batches[0][0].shape == (10, 3, 8, 8) and batches[0][0].dtype == torch.float32
-    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == list(range(37))
+    assert len(set(torch.cat([b[1] for b in batches]).tolist())) == 30
     again = epoch(1)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
 

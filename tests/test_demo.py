@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from supermix import cli
-from supermix.demo import run_demo
+from supermix.commands.demo import run_demo
 from supermix.teachers import default_teacher_path
 from supermix.viz import MixRow, render_rows, topk_lines
 

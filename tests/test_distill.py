@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from supermix import training as tr
-from supermix.distill import (DistillWeights, ce_loss, ce_to_teacher_top1, distill_objective,
-                              kd_loss)
-from train_helpers import (ROOT, TINY, assert_one_line_error, assert_same_step, env, epochs,
-                           make_generated, make_teacher, max_abs_diff, read_log, run_cli,
-                           run_main, run_torchrun, state_dict, without_timing)
+from supermix.args import add_schedule_arguments
+from supermix.runtime import make_generator
+from supermix.training.objectives import (DistillWeights, ce_loss, ce_to_teacher_top1,
+                                          distill_objective, kd_loss)
+from testing import (ROOT, TINY, assert_one_line_error, assert_same_step, epochs, make_generated,
+                     make_teacher, max_abs_diff, read_log, run_cli, run_main, run_torchrun,
+                     state_dict, subprocess_env, without_timing)
 
 LN3 = math.log(3.0)
 
@@ -94,7 +96,7 @@ def test_presets_fill_only_unset_flags():
     import argparse
 
     p = argparse.ArgumentParser()
-    tr.add_schedule_arguments(p)
+    add_schedule_arguments(p)
     args = p.parse_args(["--preset", "cifar100", "--lr", "0.05"])
     tr.resolve_hparams(args)
     assert (args.batch_size, args.epochs, args.lr_decay_epochs, args.lr, args.wd) == (
@@ -102,7 +104,7 @@ def test_presets_fill_only_unset_flags():
     args = p.parse_args(["--epochs", "12"])
     tr.resolve_hparams(args)
     assert args.lr_decay_epochs == [4, 6, 8, 10]      # 1/3, 1/2, 2/3, 5/6 of the run
-    assert tr.PRESETS["imagenet"]["batch_size"] == 256
+    assert tr.SCHEDULE_PRESETS["imagenet"]["batch_size"] == 256
 
 
 def test_ranks_share_the_global_batch_and_its_augmentation():
@@ -110,9 +112,9 @@ def test_ranks_share_the_global_batch_and_its_augmentation():
     bank = tr.ImageBank(images, [0.5], [0.25], padding=2, flip=True)
     labels = torch.arange(40)
     single = list(tr.bank_stream(bank, labels, tr.EpochPlan(40, 8, 7, 3), lambda s: s,
-                                 tr.make_generator(7, "aug", 3), "cpu", torch.contiguous_format))
+                                 make_generator(7, "aug", 3), "cpu", torch.contiguous_format))
     ranks = [list(tr.bank_stream(bank, labels, tr.EpochPlan(40, 8, 7, 3, world=2, rank=r),
-                                 lambda s: s, tr.make_generator(7, "aug", 3), "cpu",
+                                 lambda s: s, make_generator(7, "aug", 3), "cpu",
                                  torch.contiguous_format)) for r in range(2)]
     assert len(single) == 5
     for step, (x, y) in enumerate(single):
@@ -245,7 +247,7 @@ def test_quick_replication(tmp_path):
         pytest.skip(f"the shipped teacher {default_teacher_path()} is missing")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "replicate_fmnist.py"),
                            "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
-                          env=env(), cwd=ROOT, timeout=900)
+                          env=subprocess_env(), cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (tmp_path / "RESULTS.md").read_text()
     for method in ("Student alone (CE)", "KD", "CE + MixUp", "CE + CutMix", "CE + SuperMix",

@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from supermix import cli
-from supermix import generate as gen
+from supermix import generation as gen
 from supermix.checkpoint import save_checkpoint, sha256_file
+from supermix.errors import UsageError
 from supermix import mixed_set
 from supermix.mixed_set import CorruptShardError, MixedDataset, verify_mixed_set
 
@@ -316,9 +317,6 @@ def _bad_teachers(tmp_path: Path) -> dict[str, Path]:
     ("unwritable_out", "cannot write to"),
     ("size_zero", "--size: expected an integer > 0, got 0"),
     ("size_negative", "--size: expected an integer > 0, got -5"),
-    ("unknown_preset", "--preset: expected one of"),
-    ("unknown_mixer", "--mixer: expected one of"),
-    ("unknown_method", "--method: expected one of"),
 ])
 def test_bad_arguments_one_line_exit_2(tmp_path, tiny_teacher, capsys, case, expected):
     bad = _bad_teachers(tmp_path)
@@ -340,12 +338,6 @@ def test_bad_arguments_one_line_exit_2(tmp_path, tiny_teacher, capsys, case, exp
         argv["size"] = "0"
     elif case == "size_negative":
         argv["size"] = "-5"
-    elif case == "unknown_preset":
-        extra = ["--preset", "mnist"]
-    elif case == "unknown_mixer":
-        extra = ["--mixer", "fmix"]
-    elif case == "unknown_method":
-        extra = ["--method", "adam"]
     status = cli.main(["generate", "--teacher", argv["teacher"], "--out", argv["out"],
                        "--size", argv["size"], "--device", "cpu", *extra])
     err = capsys.readouterr().err
@@ -357,6 +349,38 @@ def test_bad_arguments_one_line_exit_2(tmp_path, tiny_teacher, capsys, case, exp
         assert not (tmp_path / "out").exists(), "a failed run must not create the output folder"
 
 
+@pytest.mark.parametrize("flag,value", [("--preset", "mnist"), ("--solver-preset", "mnist"),
+                                        ("--mixer", "fmix"), ("--method", "adam"),
+                                        ("--store", "int4"), ("--split", "val"),
+                                        ("--backend", "fast")])
+def test_enumerated_flags_are_choices(tmp_path, tiny_teacher, capsys, flag, value):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["generate", "--teacher", str(tiny_teacher), "--out", str(tmp_path / "out"),
+                  "--size", "8", flag, value])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key,value,expected", [("preset", "mnist", "--preset: expected one of"),
+                                                ("mixer", "fmix", "--mixer: expected one of"),
+                                                ("method", "adam", "--method: expected one of")])
+def test_library_call_checks_enumerated_settings(tmp_path, tiny_teacher, key, value, expected):
+    with pytest.raises(UsageError, match=expected):
+        gen.generate(tmp_path / "out", 8, teacher=tiny_teacher, device="cpu", **{key: value})
+
+
+def test_method_choices_follow_the_solver():
+    from supermix.solver import DEFAULT_METHOD, METHODS
+
+    parser = cli.build_parser()
+    for method in METHODS:
+        args = parser.parse_args(["generate", "--out", "o", "--size", "1", "--method", method])
+        assert args.method == method
+    settings, _ = gen.GenerateSettings(out="o", size=1).solver_settings()
+    assert settings["method"] == DEFAULT_METHOD
+
+
 def test_bad_argument_in_a_real_process(tmp_path):
     """The same through ``python -m supermix``: exit status 2, one line, no traceback."""
     proc = _supermix("generate", "--teacher", str(tmp_path / "missing.pt"), "--out",
@@ -366,10 +390,41 @@ def test_bad_argument_in_a_real_process(tmp_path):
     assert proc.stderr.startswith("supermix: error: --teacher: no file at")
 
 
+def test_limit_mixes_only_the_first_images(tmp_path, tiny_teacher):
+    m = _generate(tmp_path / "first", tiny_teacher, 24, limit=40)
+    sources = MixedDataset(tmp_path / "first").read_field("sources")
+    assert int(sources.max()) < 40
+    assert m["config"]["dataset_size"] == 40 and m["data"]["size"] == 40
+    assert m["data"]["limit"] == 40 and "subset" not in m["config"]
+    # The same set from the command line, resumed: nothing left to do, same shards.
+    status = cli.main(["generate", "--teacher", str(tiny_teacher), "--out",
+                       str(tmp_path / "first"), "--size", "24", "--limit", "40", "--shard-size",
+                       "16", "--batch-size", "16", "--max-iters", "10", "--device", "cpu",
+                       "--no-progress"])
+    assert status == 0
+
+
+def test_limit_index_file(tmp_path, tiny_teacher, capsys):
+    index = tmp_path / "index.txt"
+    chosen = [5, 100, 7, 3000, 42, 59999, 12, 8]
+    index.write_text("# a few images\n" + "\n".join(map(str, chosen)) + "\n")
+    m = _generate(tmp_path / "set", tiny_teacher, 8, limit=str(index))
+    sources = MixedDataset(tmp_path / "set").read_field("sources")
+    assert set(sources.flatten().tolist()) <= set(chosen)
+    assert m["config"]["dataset_size"] == len(chosen) and len(m["config"]["subset"]) == 64
+    index.write_text("5 5 7\n")
+    with pytest.raises(UsageError, match="--limit"):
+        _generate(tmp_path / "bad", tiny_teacher, 8, limit=str(index))
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--out", str(tmp_path / "x"), "--size", "4", "--limit",
+                  str(tmp_path / "missing.txt")])
+    assert "--limit" in capsys.readouterr().err
+
+
 def test_presets_and_overrides():
     s, values = gen.resolve_settings("imagenet")
     assert (s["k"], s["mask_size"], s["sigma"], s["alpha"], s["lambda_s"]) == (3, 16, 2.0, 3.0, 25.0)
-    assert values == gen.PRESETS["imagenet"]
+    assert values == gen.SOLVER_PRESETS["imagenet"]
     s, _ = gen.resolve_settings("cifar100", sigma=0.5, k=None)
     assert (s["k"], s["mask_size"], s["sigma"]) == (2, 8, 0.5)
     s, _ = gen.resolve_settings(None)
@@ -386,7 +441,9 @@ def test_preset_recorded_in_manifest(tmp_path, tiny_teacher):
 
 def test_drop_guard_stops_with_a_clear_error(tmp_path, tiny_teacher, monkeypatch):
     """When (almost) nothing reaches the criterion, a shard gives up instead of looping."""
-    real_make = gen._make_mixer
+    from supermix.generation import run as generation_run
+
+    real_make = gen.make_mixer
 
     def never_succeeds(s, teacher, backend):
         mixer = real_make(s, teacher, backend)
@@ -399,7 +456,7 @@ def test_drop_guard_stops_with_a_clear_error(tmp_path, tiny_teacher, monkeypatch
         mixer.mix_batch = mix_batch
         return mixer
 
-    monkeypatch.setattr(gen, "_make_mixer", never_succeeds)
+    monkeypatch.setattr(generation_run, "make_mixer", never_succeeds)
     with pytest.raises(gen.GenerationError, match="--keep-failed"):
         _generate(tmp_path, tiny_teacher, 4, shard_size=4, batch_size=4, max_iters=0)
     # With --keep-failed the failures are kept and flagged.
@@ -448,7 +505,7 @@ def test_incomplete_set_is_refused(tmp_path, tiny_teacher):
     manifest = json.loads((tmp_path / mixed_set.MANIFEST).read_text())
     manifest["complete"] = False
     (tmp_path / mixed_set.MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(gen.UsageError, match="has not finished"):
+    with pytest.raises(UsageError, match="has not finished"):
         MixedDataset(tmp_path)
     assert len(MixedDataset(tmp_path, allow_incomplete=True)) == 20
 

@@ -90,12 +90,17 @@ def test_train_then_resume(tmp_path, capsys):
     assert second["epoch"] == 2 and len(second["history"]) == 2
     assert second["history"][0] == first["history"][0]
     # The step counter continued: 2 epochs of 4 steps.
-    assert second["scheduler"]["last_epoch"] == 8
+    assert second["history"][1]["steps"] == 8
+    # The shared log and its keys (the same as distill's and train's).
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records] == ["start", "epoch", "resume", "epoch", "end"]
+    assert {"test_top1", "test_top5", "train_top1", "loss"} <= set(records[1])
     card = json.loads((out / "card.json").read_text())
     assert len(card["commands"]) == 2 and card["command"].endswith("--resume")
     model = load_teacher(out / "model.pt")
     assert not model.training and model.supermix_config["arch"] == "resnet8"
-    assert sorted(p.name for p in out.iterdir()) == ["card.json", "checkpoint.pt", "model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "checkpoint.pt", "log.jsonl",
+                                                      "model.pt"]
 
 
 @needs_fmnist

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from supermix.mixed_set import GeneratedSet
-from supermix.train import mixed_targets, soft_cross_entropy
-from train_helpers import (TINY, assert_one_line_error, assert_same_step, epochs, make_generated,
-                           make_teacher, max_abs_diff, read_log, run_cli, run_main, run_torchrun,
-                           state_dict, without_timing)
+from supermix.training.objectives import mixed_targets, soft_cross_entropy
+from testing import (TINY, assert_one_line_error, assert_same_step, epochs, make_generated,
+                     make_teacher, max_abs_diff, read_log, run_cli, run_main, run_torchrun,
+                     state_dict, without_timing)
 
 LN3 = math.log(3.0)
 

@@ -1,16 +1,40 @@
-"""Shared lists of devices, backends, dtypes and shapes, and a verbose closeness check."""
+"""The tests' one helper module: the op lists and checks of :mod:`supermix_ext.testing` (as
+pytest parameters too), the subprocess environment, and the training-command helpers (tiny
+teachers and generated sets, running ``supermix`` in-process, as a subprocess or under
+``torchrun`` with 2 CPU processes, reading logs and weights)."""
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from supermix_ext import ops
+from supermix_ext.testing import (DEVICES, FP32_TOL, GRID_SHAPES, IMAGE_DTYPES, MIX_SHAPES,
+                                  SIGMAS, SMALL_MIX_SHAPES, MixShape, assert_close,
+                                  backends_for, interpreted, random_mix_inputs)
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = [
+    "DEVICES", "FP32_TOL", "GRID_SHAPES", "IMAGE_DTYPES", "MIX_SHAPES", "SIGMAS",
+    "SMALL_MIX_SHAPES", "MixShape", "assert_close", "backends_for", "interpreted",
+    "random_mix_inputs", "FAST_PATHS", "REPO", "ROOT", "subprocess_env", "TINY", "run_cli",
+    "run_torchrun", "run_main", "make_teacher", "make_generated", "read_log", "epochs",
+    "TIMING_KEYS", "without_timing", "state_dict", "max_abs_diff", "assert_one_line_error",
+    "assert_same_step",
+]
+
+REPO = ROOT = Path(__file__).resolve().parents[1]
+
+# (device, backend) pairs of fast paths to test against the reference.
+FAST_PATHS = [
+    pytest.param(device, backend, id=f"{device}-{backend}")
+    for device in DEVICES
+    for backend in backends_for(device)
+    if backend != "reference"
+]
 
 
 def subprocess_env() -> dict:
@@ -25,98 +49,110 @@ def subprocess_env() -> dict:
     return env
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# A few hundred images, small batches: every run here takes a second or two on one core.
+TINY = ["--limit-train", "256", "--limit-test", "200", "--batch-size", "64", "--no-progress"]
 
 
-def backends_for(device: str) -> list[str]:
-    """Every backend usable on ``device`` on this machine (reference always)."""
-    found = ["reference"]
-    if device in ops._COMPILED_DEVICES:
-        found.append("cpp")
-    if device in ops._TRITON_DEVICES:
-        found.append("triton")
-    return found
+def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m supermix ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "supermix", *args], capture_output=True,
+                          text=True, env=subprocess_env(), cwd=ROOT, timeout=timeout)
 
 
-# (device, backend) pairs of fast paths to test against the reference.
-FAST_PATHS = [
-    pytest.param(device, backend, id=f"{device}-{backend}")
-    for device in DEVICES
-    for backend in backends_for(device)
-    if backend != "reference"
-]
-
-IMAGE_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 300
+                 ) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node N -m supermix ARGS`` (gloo on CPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "supermix", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT,
+                          timeout=timeout)
 
 
-@dataclass(frozen=True)
-class MixShape:
-    B: int
-    k: int
-    C: int
-    H: int
-    W: int
-    h: int
-    w: int
+def run_main(args: list[str]) -> int:
+    """``supermix ARGS`` in this process (data sets stay cached between calls)."""
+    from supermix.cli import main
 
-    def __str__(self) -> str:
-        return f"B{self.B}k{self.k}C{self.C}_{self.H}x{self.W}_g{self.h}x{self.w}"
+    return main(args)
 
 
-MIX_SHAPES = [
-    MixShape(1, 2, 1, 28, 28, 7, 7),
-    MixShape(3, 2, 3, 28, 28, 7, 7),
-    MixShape(2, 3, 1, 13, 11, 5, 3),  # non-square grid, odd image
-    MixShape(2, 4, 3, 16, 16, 8, 8),
-    MixShape(5, 3, 3, 9, 9, 9, 9),  # grid as large as the image
-    MixShape(1, 3, 3, 224, 224, 16, 16),
-]
-# Fewer, smaller shapes where every check costs a lot (float64 gradcheck, Triton interpreter).
-SMALL_MIX_SHAPES = [MixShape(2, 2, 2, 6, 5, 3, 2), MixShape(1, 3, 1, 7, 7, 4, 4)]
+def make_teacher(path: Path, num_classes: int = 10, arch: str = "resnet8",
+                 data: str = "fashion-mnist") -> Path:
+    """A randomly initialised teacher checkpoint for Fashion-MNIST's 1x28x28 images."""
+    from supermix import models
+    from supermix.checkpoint import save_checkpoint
 
-# Planes for gaussian_smooth / newton_step: (B, k, h, w).
-GRID_SHAPES = [(1, 2, 7, 7), (3, 3, 5, 3), (4, 2, 8, 8), (2, 4, 16, 16), (2, 2, 1, 1)]
-SIGMAS = [0.0, 0.7, 1.0, 2.0]
+    torch.manual_seed(123)
+    net = models.create(arch, num_classes=num_classes, in_channels=1)
+    save_checkpoint(path, net, {"arch": arch, "num_classes": num_classes, "in_channels": 1,
+                                "data": data, "input_size": [1, 28, 28], "mean": [0.286],
+                                "std": [0.353]})
+    return path
 
 
-def random_mix_inputs(shape: MixShape, device: str, image_dtype=torch.float32, logit_dtype=torch.float32,
-                      contiguous: bool = True, seed: int = 0):
-    """Fresh random images (in [0,1)) and non-zero logits; optionally as non-contiguous views."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(shape.B, shape.k, shape.C, shape.H, shape.W, generator=g, dtype=torch.float64)
-    logits = 2.0 * torch.randn(shape.B, shape.k, shape.h, shape.w, generator=g, dtype=torch.float64)
-    images = images.to(device=device, dtype=image_dtype)
-    logits = logits.to(device=device, dtype=logit_dtype)
-    if not contiguous:
-        # Same values, strided storage: transpose the spatial axes of a transposed copy.
-        images = images.transpose(-1, -2).contiguous().transpose(-1, -2)
-        logits = logits.transpose(-1, -2).contiguous().transpose(-1, -2)
-        assert not images.is_contiguous() or images.shape[-1] == 1
-    return images, logits
+def make_generated(out: Path, teacher: Path, size: int = 160, mixer: str = "mixup") -> Path:
+    """A small set written by ``supermix generate`` (in-process)."""
+    from supermix.generation import generate
+
+    generate(out, size, teacher=teacher, mixer=mixer, shard_size=64, batch_size=64,
+             device="cpu", progress=False, log=lambda msg: None)
+    return out
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, what: str = "") -> None:
-    """allclose that says where and by how much it failed."""
-    actual = actual.detach().double().cpu()
-    expected = expected.detach().double().cpu()
-    assert actual.shape == expected.shape, f"{what}: shape {list(actual.shape)} != {list(expected.shape)}"
-    diff = (actual - expected).abs()
-    bound = atol + rtol * expected.abs()
-    bad = diff > bound
-    bad |= torch.isnan(actual) != torch.isnan(expected)
-    if bad.any():
-        idx = tuple(int(i) for i in bad.nonzero()[0])
-        worst = int((diff - bound).flatten().nan_to_num(float("inf")).argmax())
-        raise AssertionError(
-            f"{what}: {int(bad.sum())}/{bad.numel()} elements differ; first at {idx}: "
-            f"got {actual[idx].item():.8g}, expected {expected[idx].item():.8g}; "
-            f"max abs diff {diff.max().item():.3g} (atol {atol}, rtol {rtol}) at flat index {worst}"
-        )
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-# Tolerances of float32 kernels against a float64 reference.
-FP32_TOL = dict(atol=2e-5, rtol=2e-5)
+def epochs(out: Path) -> list[dict]:
+    return [r for r in read_log(out) if r["event"] == "epoch"]
 
 
-def interpreted(backend: str) -> bool:
-    return backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+TIMING_KEYS = ("train_s", "epoch_s", "elapsed_s")
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, str]:
+    """Largest elementwise difference over two state dicts, and where it is."""
+    assert sorted(a) == sorted(b), (sorted(set(a) ^ set(b)))
+    worst, where = 0.0, ""
+    for k in a:
+        d = (a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0
+        if d > worst:
+            worst, where = d, k
+    return worst, where
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit status 2, one ``supermix: error:`` line on stderr naming ``fragments``."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{err}"
+    assert lines[0].startswith("supermix: error:"), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+def assert_same_step(one: Path, two: Path, arch: str = "resnet8", seed: int = 0,
+                     in_channels: int = 1) -> None:
+    """The weights of two runs after one SGD step from the same seeded initialisation agree up
+    to float rounding (reductions in another order and thread count): far below the step
+    itself, which a missing SyncBatchNorm or a wrong gradient average would change by a
+    sizeable fraction."""
+    from supermix import models
+
+    torch.manual_seed(seed)
+    init = models.create(arch, num_classes=10, in_channels=in_channels).state_dict()
+    one_w, two_w = state_dict(one / "model.pt"), state_dict(two / "model.pt")
+    step, _ = max_abs_diff(one_w, init)
+    worst, where = max_abs_diff(one_w, two_w)
+    assert step > 1e-2, f"the step is too small to compare ({step})"
+    assert worst < 1e-4 and worst < 1e-3 * step, (
+        f"2-process weights differ by {worst} at {where} (step {step})")

@@ -143,13 +143,3 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
             if not block:
                 return h.hexdigest()
             h.update(block)
-
-
-def __getattr__(name: str):
-    # The teacher functions moved to supermix.teachers; the documented imports
-    # ``from supermix.checkpoint import load_teacher, default_teacher_path`` keep working.
-    if name in ("load_teacher", "default_teacher_path", "assets_dir", "DEFAULT_TEACHER"):
-        from . import teachers
-
-        return getattr(teachers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

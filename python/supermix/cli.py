@@ -20,12 +20,12 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 # Subcommand modules, in the order ``supermix --help`` lists them (modules of package supermix).
 COMMAND_MODULES: list[str] = [
-    "train_teacher",   # supermix train-teacher
-    "distill",         # supermix distill
-    "train",           # supermix train
-    "demo",            # supermix demo
-    "generate",        # supermix generate
-    "show",            # supermix show
+    "commands.train_teacher",   # supermix train-teacher
+    "commands.distill",         # supermix distill
+    "commands.train",           # supermix train
+    "commands.demo",            # supermix demo
+    "commands.generate",        # supermix generate
+    "commands.show",            # supermix show
 ]
 
 PROG = "supermix"

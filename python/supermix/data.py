@@ -19,9 +19,10 @@ Two ways to feed a model:
 
 * :func:`build_dataset` gives a ``torch.utils.data.Dataset`` with per-sample torchvision (v2)
   transforms, for a ``DataLoader``.
-* :func:`load_uint8` + :class:`TensorLoader` keep a whole split as one uint8 tensor in memory and
-  augment whole batches at once (random crop with zero padding, horizontal flip). On a CPU this
-  is many times faster than per-sample PIL transforms for 28x28 / 32x32 images.
+* :func:`load_uint8` keeps a whole split as one uint8 tensor in memory, for
+  :class:`supermix.training.ImageBank`, which augments whole batches at once (random crop with
+  zero padding, horizontal flip). On a CPU this is many times faster than per-sample PIL
+  transforms for 28x28 / 32x32 images.
   :func:`load_tensors` returns a whole split as normalised float tensors, for the solver and demo.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ import functools
 import gzip
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -46,7 +47,6 @@ __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR100_CLASSES",
     "FashionMNIST",
-    "TensorLoader",
     "read_idx",
     "load_fashion_mnist",
     "parse_spec",
@@ -61,7 +61,6 @@ __all__ = [
     "denormalize",
     "train_transform",
     "eval_transform",
-    "random_crop_flip",
 ]
 
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -355,7 +354,8 @@ def load_uint8(spec: str, train: bool = True, root: str | os.PathLike | None = N
     """A whole split as (images uint8 [N, C, H, W], labels int64 [N]), kept in memory.
 
     Fashion-MNIST gives [N, 1, 28, 28] ([N, 1, 32, 32] zero-padded with ``as_cifar``: repeat the
-    channel after augmentation, see :class:`TensorLoader`); CIFAR gives [N, 3, 32, 32].
+    channel after augmentation, as :class:`supermix.training.ImageBank` does); CIFAR gives
+    [N, 3, 32, 32].
     ImageFolder trees have no fixed size: use :func:`build_dataset`.
     """
     name, folder = parse_spec(spec, root)
@@ -388,99 +388,6 @@ def load_tensors(name: str = "fashion-mnist", train: bool = False,
     if normalize:
         x = _normalize(x, parse_spec(name, root)[0])
     return x, labels.clone()
-
-
-# ----------------------------------------------------------------------------------------------
-# Batched augmentation on uint8 tensors
-
-
-def random_crop_flip(images: torch.Tensor, padding: int, flip: bool,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, for a whole batch at once.
-
-    images: [B, C, H, W] of any dtype; returns the same shape and dtype. Each image gets its
-    own offsets in [0, 2 * padding] and its own coin for the flip, as torchvision's
-    ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()`` would draw per sample.
-    """
-    b, c, h, w = images.shape
-    out = images
-    if padding > 0:
-        padded = F.pad(images, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator)
-        rows = (dy + torch.arange(h)).view(b, 1, h, 1)
-        cols = (dx + torch.arange(w)).view(b, 1, 1, w)
-        batch = torch.arange(b).view(b, 1, 1, 1)
-        chan = torch.arange(c).view(1, c, 1, 1)
-        out = padded[batch, chan, rows, cols]
-    if flip:
-        coin = torch.rand(b, generator=generator) < 0.5
-        out = torch.where(coin.view(b, 1, 1, 1), out.flip(-1), out)
-    return out
-
-
-class TensorLoader:
-    """Mini-batches from an in-memory uint8 split, augmented and normalised per batch.
-
-    Args:
-        images: uint8 [N, C, H, W]; labels: int64 [N].
-        batch_size: images per batch; the last batch may be smaller unless ``drop_last``.
-        shuffle: new random order each epoch (drawn from ``generator``).
-        padding: random-crop padding (0: no crop). flip: random horizontal flip.
-        stats_name: data set whose mean/std normalise the batch (None: leave in [0, 1]).
-        repeat_channels: repeat a single channel to this many (the ``as_cifar`` view).
-        generator: torch.Generator for order and augmentation; save ``generator.get_state()``
-            with a checkpoint to resume the same sequence.
-        memory_format: e.g. ``torch.channels_last`` for the batches.
-
-    Yields (images float32 [B, C, H, W], labels int64 [B]).
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 shuffle: bool = False, padding: int = 0, flip: bool = False,
-                 stats_name: str | None = None, repeat_channels: int | None = None,
-                 generator: torch.Generator | None = None, drop_last: bool = False,
-                 memory_format: torch.memory_format = torch.contiguous_format):
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise UsageError(f"images: expected uint8 [N, C, H, W], got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        if labels.shape != images.shape[:1]:
-            raise UsageError(f"labels: expected shape [{images.shape[0]}], "
-                             f"got {tuple(labels.shape)}")
-        if batch_size < 1:
-            raise UsageError(f"batch_size: expected >= 1, got {batch_size}")
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.padding, self.flip = padding, flip
-        self.repeat_channels = repeat_channels
-        self.generator = generator if generator is not None else torch.Generator()
-        self.memory_format = memory_format
-        self._mean_std = None
-        if stats_name is not None:
-            mean, std = stats(stats_name)
-            self._mean_std = (torch.tensor(mean).view(1, -1, 1, 1),
-                              torch.tensor(std).view(1, -1, 1, 1))
-
-    def __len__(self) -> int:
-        n = self.labels.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.labels.shape[0]
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
-        for i in range(len(self)):
-            index = (order[i * self.batch_size:(i + 1) * self.batch_size] if order is not None
-                     else slice(i * self.batch_size, min((i + 1) * self.batch_size, n)))
-            x = self.images[index]
-            if self.padding or self.flip:
-                x = random_crop_flip(x, self.padding, self.flip, self.generator)
-            x = x.float().mul_(1.0 / 255)
-            if self._mean_std is not None:
-                mean, std = self._mean_std
-                x = x.sub_(mean).div_(std)
-            if self.repeat_channels and x.shape[1] == 1:
-                x = x.expand(-1, self.repeat_channels, -1, -1)
-            yield x.contiguous(memory_format=self.memory_format), self.labels[index]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ __all__ = [
     "make_generator",
     "seed_everything",
     "autocast",
+    "memory_format",
     "progress",
 ]
 
@@ -176,6 +177,11 @@ def autocast(device: torch.device, amp: str):
     if amp == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """``torch.channels_last`` or ``torch.contiguous_format``, for models and batches."""
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def progress(total: int, desc: str, enabled: bool | None, initial: int = 0, unit: str = "it"):

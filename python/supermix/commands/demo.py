@@ -14,9 +14,12 @@ import time
 
 import torch
 
-from . import data as sdata
-from .errors import UsageError
-from .teachers import load_teacher_for, locate_teacher
+from supermix_ext import BACKENDS
+
+from .. import args as sargs
+from .. import data as sdata
+from ..errors import UsageError
+from ..teachers import load_teacher_for, locate_teacher
 
 __all__ = ["run_demo", "add_parser", "run"]
 
@@ -37,9 +40,9 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
     """
     from supermix_ext import backend_info, resolve_backend
 
-    from .generate import _criterion, _make_mixer
-    from .runtime import resolve_device
-    from .viz import render_rows, rows_from_result
+    from ..generation import blind_success, make_mixer
+    from ..runtime import resolve_device
+    from ..viz import render_rows, rows_from_result
 
     if batch_size < k:
         raise UsageError(f"--batch-size: expected >= k={k}, got {batch_size}")
@@ -72,7 +75,7 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
     figures: dict[str, dict] = {}
     results = {}
     for name in mixers:
-        mixer = _make_mixer(dict(settings, mixer=name), model, backend)
+        mixer = make_mixer(dict(settings, mixer=name), model, backend)
         gen = torch.Generator(device=dev).manual_seed(seed)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -81,7 +84,7 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - start
-        success = result.success if name == "supermix" else _criterion(result, k)
+        success = result.success if name == "supermix" else blind_success(result, k)
         figures[name] = {
             "mean_iters": float(result.iters.float().mean()),
             "success_rate": float(success.float().mean()),
@@ -127,14 +130,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "demo", help="mix Fashion-MNIST test images with SuperMix, MixUp and CutMix; write a PNG",
         description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="supermix_demo.png", help="PNG to write")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint (default: the shipped one)")
+    sargs.add_teacher_argument(p)
     p.add_argument("--batch-size", type=int, default=64, help="images mixed by each mixer")
     p.add_argument("--rows", type=int, default=3, help="rows per mixer in the figure")
     p.add_argument("--k", type=int, default=2, help="sources per mixed image")
     p.add_argument("--max-iters", type=int, default=50, help="SuperMix iteration cap")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    p.add_argument("--backend", default=None, help="kernel backend: auto, cpp, triton, reference")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="kernel backend (default: SUPERMIX_BACKEND, else auto)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op CPU threads (0: torch's choice). The demo's batches are "
                         "small: on a shared machine more threads than free cores make the "

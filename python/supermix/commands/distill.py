@@ -36,25 +36,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from . import models
-from .errors import UsageError
-from .mixed_set import load_mixed_set
-from .teachers import check_teacher_fits, load_teacher, locate_teacher
-from . import training as tr
+from .. import args as sargs
+from ..errors import UsageError
+from ..runtime import DistInfo, make_generator, memory_format
+from ..mixed_set import load_mixed_set
+from ..teachers import check_teacher_fits, load_teacher, locate_teacher
+from .. import training as tr
+from ..training.objectives import DistillWeights, distill_objective
 
 __all__ = [
-    "kd_loss",
-    "ce_loss",
-    "ce_to_teacher_top1",
-    "DistillWeights",
-    "distill_objective",
     "add_parser",
     "run",
 ]
@@ -64,68 +58,6 @@ ONLINE_MIXERS = ("supermix", "mixup", "cutmix")
 
 # ----------------------------------------------------------------------------------------------
 # Objectives
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-            T: float = 4.0) -> torch.Tensor:
-    """Hinton KD: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, summed over classes, mean over
-    the batch. student_logits, teacher_logits: [B,n] (computed in float32). Returns a scalar."""
-    log_q = F.log_softmax(student_logits.float() / T, dim=1)
-    p = F.softmax(teacher_logits.float() / T, dim=1)
-    return F.kl_div(log_q, p, reduction="batchmean") * (T * T)
-
-
-def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy to int labels [B], mean over the batch."""
-    return F.cross_entropy(student_logits.float(), labels)
-
-
-def ce_to_teacher_top1(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """"CE distillation" (paper sec. 4.2): cross-entropy to the teacher's top class, which
-    carries no information about the other classes. Mean over the batch."""
-    return F.cross_entropy(student_logits.float(), teacher_logits.argmax(dim=1))
-
-
-@dataclass(frozen=True)
-class DistillWeights:
-    """Weights of the four terms and the KD temperature."""
-
-    ce: float = 1.0
-    kd: float = 0.0
-    mixed_ce: float = 0.0
-    mixed_kd: float = 0.0
-    T: float = 4.0
-
-    @property
-    def needs_mixed(self) -> bool:
-        return self.mixed_ce > 0 or self.mixed_kd > 0
-
-
-def distill_objective(w: DistillWeights, student_real: torch.Tensor, labels: torch.Tensor,
-                      teacher_real: torch.Tensor | None = None,
-                      student_mixed: torch.Tensor | None = None,
-                      teacher_mixed: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The weighted sum of the active terms and each active term unweighted (for the log).
-
-    student_real, teacher_real: logits [B,n] on the real images; labels: int64 [B];
-    student_mixed, teacher_mixed: logits [B',n] on the mixed images. Terms with weight 0 are
-    not computed, and their inputs may be None.
-    """
-    parts: dict[str, torch.Tensor] = {}
-    total = student_real.new_zeros((), dtype=torch.float32)
-    terms = (
-        ("ce", w.ce, lambda: ce_loss(student_real, labels)),
-        ("kd", w.kd, lambda: kd_loss(student_real, teacher_real, w.T)),
-        ("mixed_ce", w.mixed_ce, lambda: ce_to_teacher_top1(student_mixed, teacher_mixed)),
-        ("mixed_kd", w.mixed_kd, lambda: kd_loss(student_mixed, teacher_mixed, w.T)),
-    )
-    for name, weight, term in terms:
-        if weight > 0:
-            value = term()
-            parts[name] = value.detach()
-            total = total + weight * value
-    return total, parts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,7 +78,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="data spec (default: the teacher's data set)")
     g.add_argument("--data-root", default=None, help="folder of the data set")
     g.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
-    g.add_argument("--image-size", type=tr.positive_int, default=224,
+    g.add_argument("--image-size", type=sargs.positive_int, default=224,
                    help="crop size for imagefolder data (default %(default)s)")
     m = p.add_argument_group("mixed images")
     src = m.add_mutually_exclusive_group()
@@ -154,29 +86,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="a set written by 'supermix generate' (offline, as the paper)")
     src.add_argument("--online", choices=ONLINE_MIXERS, default=None,
                      help="mix each real batch with this teacher-labelled mixer instead")
-    m.add_argument("--k", type=tr.positive_int, default=2, help="online: images per mix (default %(default)s)")
-    m.add_argument("--alpha", type=tr.non_negative_float, default=3.0,
+    m.add_argument("--k", type=sargs.positive_int, default=2, help="online: images per mix (default %(default)s)")
+    m.add_argument("--alpha", type=sargs.non_negative_float, default=3.0,
                    help="online: Dirichlet alpha of the mixing weights (default %(default)s)")
-    m.add_argument("--lambda-s", type=tr.non_negative_float, default=25.0,
+    m.add_argument("--lambda-s", type=sargs.non_negative_float, default=25.0,
                    help="online supermix: sparsity weight (default %(default)s)")
-    m.add_argument("--sigma", type=tr.non_negative_float, default=1.0,
+    m.add_argument("--sigma", type=sargs.non_negative_float, default=1.0,
                    help="online supermix: smoothing sigma (default %(default)s)")
-    m.add_argument("--mask-size", type=tr.positive_int, default=8,
+    m.add_argument("--mask-size", type=sargs.positive_int, default=8,
                    help="online supermix: mask grid side (default %(default)s)")
     m.add_argument("--max-iters", type=int, default=50, help="online supermix: iteration cap (default %(default)s)")
     o = p.add_argument_group("objective (original code: -r CE, -a KD)")
-    o.add_argument("--w-ce", type=tr.non_negative_float, default=1.0,
+    o.add_argument("--w-ce", type=sargs.non_negative_float, default=1.0,
                    help="cross-entropy on the real labels (default %(default)s)")
-    o.add_argument("--w-kd", type=tr.non_negative_float, default=0.0,
+    o.add_argument("--w-kd", type=sargs.non_negative_float, default=0.0,
                    help="KD on the real images (default %(default)s)")
-    o.add_argument("--w-mixed-ce", type=tr.non_negative_float, default=None,
+    o.add_argument("--w-mixed-ce", type=sargs.non_negative_float, default=None,
                    help="CE to the teacher's top class on the mixed images "
                         "(default 1 with --mixed/--online, else 0)")
-    o.add_argument("--w-mixed-kd", type=tr.non_negative_float, default=0.0,
+    o.add_argument("--w-mixed-kd", type=sargs.non_negative_float, default=0.0,
                    help="KD on the mixed images (default %(default)s)")
     o.add_argument("--T", type=float, default=4.0, help="KD temperature (default %(default)s)")
-    tr.add_schedule_arguments(p)
-    tr.add_runtime_arguments(p)
+    sargs.add_schedule_arguments(p)
+    sargs.add_runtime_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -211,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     return tr.run_command(args, _run)
 
 
-def _run(args, info: tr.DistInfo) -> int:
+def _run(args, info: DistInfo) -> int:
+    tr.resolve_hparams(args)
 
     weights = _weights(args)
 
@@ -226,10 +159,8 @@ def _run(args, info: tr.DistInfo) -> int:
         raise UsageError(f"--data: {teacher_path} does not say which data it was trained on; "
                          f"pass --data")
     as_cifar = check_teacher_fits(teacher_path, tconfig, spec, args.data_root)
-    data = tr.LabelledData(spec, args.data_root, as_cifar=as_cifar, mean=tconfig.get("mean"),
-                          std=tconfig.get("std"), limit_train=args.limit_train,
-                          limit_test=args.limit_test, download=args.download,
-                          image_size=args.image_size, workers=args.workers)
+    data = tr.LabelledData.from_args(args, spec, as_cifar=as_cifar, mean=tconfig.get("mean"),
+                                     std=tconfig.get("std"))
     t_classes = int(tconfig["num_classes"])
 
     generated = None
@@ -237,32 +168,22 @@ def _run(args, info: tr.DistInfo) -> int:
         generated = load_mixed_set(args.mixed, limit=args.limit_mixed)
         tr.check_generated(generated, data, t_classes)
 
-    out = Path(args.out or f"runs/distill-{args.student}-{data.name}")
-    tr.check_out(out, args.resume)
+    out = tr.check_out(Path(args.out or f"runs/distill-{args.student}-{data.name}"), args.resume)
     device = info.device
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    batch_format = memory_format(args.channels_last)
 
-    torch.manual_seed(args.seed)
-    student = models.create(args.student, num_classes=data.num_classes,
-                            in_channels=data.shape[0])
-    model, module = tr.prepare_model(student, info, args.channels_last)
-    teacher = teacher.to(device, memory_format=memory_format).eval()
+    model, module, optimizer = tr.setup_model(args.student, data.num_classes, data.shape[0],
+                                              info, args)
+    teacher = teacher.to(device, memory_format=batch_format).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    optimizer = tr.make_sgd(model, args)
 
     n = data.num_train
     n_mixed = len(generated.images) if generated is not None else 0
     slots = max(n, n_mixed)
     epochs, decays = tr.scale_schedule(args.epochs, args.lr_decay_epochs, n, slots,
                                       not args.no_scale_epochs)
-    steps = tr.EpochPlan.steps_for(slots, args.batch_size, args.limit_steps)
-    if args.batch_size % info.world:
-        raise UsageError(f"--batch-size: the global batch {args.batch_size} must divide over "
-                         f"{info.world} processes")
-    if steps == 0:
-        raise UsageError(f"--batch-size: {args.batch_size} is larger than the {slots} samples "
-                         f"of an epoch")
+    steps = tr.EpochPlan.checked_steps(slots, args.batch_size, info.world, args.limit_steps)
     local_batch = args.batch_size // info.world
     if args.online and local_batch < args.k:
         raise UsageError(f"--k: online mixing of k={args.k} images needs a per-process batch "
@@ -270,7 +191,7 @@ def _run(args, info: tr.DistInfo) -> int:
 
     mixer = None
     if args.online:
-        from .mixers import create_mixer
+        from ..mixers import create_mixer
 
         kwargs = dict(k=args.k, alpha=args.alpha)
         if args.online == "supermix":
@@ -322,17 +243,17 @@ def _run(args, info: tr.DistInfo) -> int:
         plan = tr.EpochPlan(slots, args.batch_size, args.seed, epoch, info.world, info.rank,
                            args.limit_steps)
         real = data.stream(plan, lambda s: s % n, args.seed, epoch, info.rank, device,
-                           memory_format)
+                           batch_format)
         mixed = (tr.bank_stream(bank, dummy, plan, lambda s: s % n_mixed,
-                               tr.make_generator(args.seed, "augment", "mixed", epoch), device,
-                               memory_format) if bank is not None else None)
-        mix_gen = (tr.make_generator(args.seed, "mix", epoch, info.rank, device=device)
+                               make_generator(args.seed, "augment", "mixed", epoch), device,
+                               batch_format) if bank is not None else None)
+        mix_gen = (make_generator(args.seed, "mix", epoch, info.rank, device=device)
                    if mixer is not None else None)
         for x, y in real:
             if mixed is not None:
                 x_mix = next(mixed)[0]
             elif mixer is not None:
-                x_mix = mixer.mix_batch(x, mix_gen).mixed.contiguous(memory_format=memory_format)
+                x_mix = mixer.mix_batch(x, mix_gen).mixed.contiguous(memory_format=batch_format)
             else:
                 x_mix = None
             yield x, y, x_mix
@@ -343,7 +264,7 @@ def _run(args, info: tr.DistInfo) -> int:
     def step(batch):
         x, y, x_mix = batch
         b = x.shape[0]
-        inputs = (torch.cat([x, x_mix]).contiguous(memory_format=memory_format)
+        inputs = (torch.cat([x, x_mix]).contiguous(memory_format=batch_format)
                   if x_mix is not None else x)
         logits = module(inputs).float()
         s_real = logits[:b]
@@ -361,11 +282,5 @@ def _run(args, info: tr.DistInfo) -> int:
         correct = (s_real.detach().argmax(dim=1) == y).sum()
         return loss, parts, b, correct, b
 
-    t0 = time.perf_counter()
-    tr.fit(state, batches, step, lambda: data.test_batches(info, memory_format))
-    end = tr.finish(state, {"wall_s": round(time.perf_counter() - t0, 3)})
-    if info.is_main and not end.get("stopped"):
-        print(f"done: student test top1 {end['test_top1']:.4f} top5 {end['test_top5']:.4f} "
-              f"after {end['epochs']} epochs ({state.elapsed / 60:.1f} min); wrote "
-              f"{out / tr.MODEL_NAME} and {out / tr.LOG_NAME}", flush=True)
+    tr.train(state, batches, step, lambda: data.test_batches(info, batch_format), "student ")
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["show", "add_parser", "run"]
 
@@ -23,9 +23,9 @@ def show(root: str, out: str, num: int = 8, start: int = 0, verify: bool = True,
     """Render samples ``start .. start+num-1`` of the generated set in ``root`` to ``out``."""
     from supermix_ext.reference import normalised_masks_ref
 
-    from .generate import _ImageSource
-    from .mixed_set import MixedDataset
-    from .viz import MixRow, render_rows, topk_lines
+    from ..generation import ImageSource
+    from ..mixed_set import MixedDataset
+    from ..viz import MixRow, render_rows, topk_lines
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if num < 1:
@@ -40,7 +40,7 @@ def show(root: str, out: str, num: int = 8, start: int = 0, verify: bool = True,
     source = None
     try:
         spec = meta["spec"] if data_root is None else meta["given"]
-        source = _ImageSource(spec, data_root, meta["split"] == "train", bool(meta["as_cifar"]),
+        source = ImageSource(spec, data_root, meta["split"] == "train", bool(meta["as_cifar"]),
                               meta["mean"], meta["std"], torch.device("cpu"))
     except UsageError as e:
         log(f"supermix show: sources not drawn: {e}")

@@ -19,39 +19,19 @@ epochs and the iteration count stays that of E epochs of the real data alone
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import models
-from . import training as tr
-from .errors import UsageError
-from .mixed_set import GeneratedSet, load_mixed_set
+from .. import args as sargs
+from .. import training as tr
+from ..errors import UsageError
+from ..runtime import DistInfo, make_generator, memory_format
+from ..mixed_set import load_mixed_set
+from ..training.objectives import MIXED_LABELS, mixed_targets, soft_cross_entropy
 
-__all__ = ["soft_cross_entropy", "MIXED_LABELS", "add_parser", "run"]
-
-MIXED_LABELS = ("y_hat", "teacher_probs", "teacher_top1")
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``-sum_c targets_c * log_softmax(logits)_c``, mean over the batch.
-
-    logits: [B,n]; targets: [B,n] float rows summing to 1 (one-hot for real images).
-    """
-    return -(targets.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-
-
-def mixed_targets(generated: GeneratedSet, label: str) -> torch.Tensor:
-    """Soft labels [n', classes] of a generated set for ``--mixed-label``."""
-    if label == "y_hat":
-        return generated.y_hat
-    if label == "teacher_probs":
-        return generated.teacher_probs
-    top = generated.teacher_probs.argmax(dim=1)
-    return F.one_hot(top, generated.teacher_probs.shape[1]).float()
-
+__all__ = ["add_parser", "run"]
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``supermix train``."""
@@ -68,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
     g.add_argument("--as-cifar", action="store_true",
                    help="Fashion-MNIST as 3x32x32 (pad 2, repeat channels)")
-    g.add_argument("--image-size", type=tr.positive_int, default=224,
+    g.add_argument("--image-size", type=sargs.positive_int, default=224,
                    help="crop size for imagefolder data (default %(default)s)")
     m = p.add_argument_group("mixed images")
     m.add_argument("--mixed", default=None, help="a set written by 'supermix generate'")
@@ -77,8 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--randaugment", choices=("none", "mixed", "all"), default="none",
                    help="RandAugment on the mixed images (after mixing) or on all images "
                         "(default %(default)s)")
-    tr.add_schedule_arguments(p)
-    tr.add_runtime_arguments(p)
+    sargs.add_schedule_arguments(p)
+    sargs.add_runtime_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -88,42 +68,31 @@ def run(args: argparse.Namespace) -> int:
     return tr.run_command(args, _run)
 
 
-def _run(args, info: tr.DistInfo) -> int:
+def _run(args, info: DistInfo) -> int:
+    tr.resolve_hparams(args)
     if args.randaugment == "mixed" and args.mixed is None:
         raise UsageError("--randaugment mixed: there are no mixed images without --mixed DIR")
     if args.mixed is not None:
         args.mixed = str(Path(args.mixed).resolve())
-    data = tr.LabelledData(args.data, args.data_root, as_cifar=args.as_cifar,
-                           limit_train=args.limit_train, limit_test=args.limit_test,
-                           randaugment=args.randaugment == "all", download=args.download,
-                           image_size=args.image_size, workers=args.workers)
+    data = tr.LabelledData.from_args(args, randaugment=args.randaugment == "all")
     generated = None
     if args.mixed is not None:
         generated = load_mixed_set(args.mixed, limit=args.limit_mixed)
         tr.check_generated(generated, data, data.num_classes)
 
-    out = Path(args.out or f"runs/train-{args.arch}-{data.name}")
-    tr.check_out(out, args.resume)
+    out = tr.check_out(Path(args.out or f"runs/train-{args.arch}-{data.name}"), args.resume)
     device = info.device
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    batch_format = memory_format(args.channels_last)
 
-    torch.manual_seed(args.seed)
-    net = models.create(args.arch, num_classes=data.num_classes, in_channels=data.shape[0])
-    model, module = tr.prepare_model(net, info, args.channels_last)
-    optimizer = tr.make_sgd(model, args)
+    model, module, optimizer = tr.setup_model(args.arch, data.num_classes, data.shape[0], info,
+                                              args)
 
     n = data.num_train
     n_mixed = len(generated.images) if generated is not None else 0
     slots = n + n_mixed
     epochs, decays = tr.scale_schedule(args.epochs, args.lr_decay_epochs, n, slots,
                                        not args.no_scale_epochs)
-    if args.batch_size % info.world:
-        raise UsageError(f"--batch-size: the global batch {args.batch_size} must divide over "
-                         f"{info.world} processes")
-    steps = tr.EpochPlan.steps_for(slots, args.batch_size, args.limit_steps)
-    if steps == 0:
-        raise UsageError(f"--batch-size: {args.batch_size} is larger than the {slots} samples "
-                         f"of an epoch")
+    steps = tr.EpochPlan.checked_steps(slots, args.batch_size, info.world, args.limit_steps)
     bank = targets = None
     if generated is not None:
         bank = tr.mixed_bank(generated, data.mean, data.std, data.real_padding,
@@ -164,10 +133,10 @@ def _run(args, info: tr.DistInfo) -> int:
         plan = tr.EpochPlan(slots, args.batch_size, args.seed, epoch, info.world, info.rank,
                             args.limit_steps)
         real = data.stream(plan, lambda s: torch.where(s < n, s, -1), args.seed, epoch,
-                           info.rank, device, memory_format)
+                           info.rank, device, batch_format)
         mixed = (tr.bank_stream(bank, targets, plan, lambda s: torch.where(s >= n, s - n, -1),
-                                tr.make_generator(args.seed, "augment", "mixed", epoch), device,
-                                memory_format) if bank is not None else None)
+                                make_generator(args.seed, "augment", "mixed", epoch), device,
+                                batch_format) if bank is not None else None)
         for x, y in real:
             x_mix, y_mix = next(mixed) if mixed is not None else (None, None)
             yield x, y, x_mix, y_mix
@@ -181,18 +150,12 @@ def _run(args, info: tr.DistInfo) -> int:
         if x_mix is not None and x_mix.shape[0]:
             images.append(x_mix)
             soft.append(y_mix.float())
-        inputs = torch.cat(images).contiguous(memory_format=memory_format)
+        inputs = torch.cat(images).contiguous(memory_format=batch_format)
         logits = module(inputs).float()
         loss = soft_cross_entropy(logits, torch.cat(soft))
         b = x.shape[0] if x is not None else 0
         correct = (logits[:b].detach().argmax(dim=1) == y).sum() if b else 0
         return loss, {}, inputs.shape[0], correct, b
 
-    t0 = time.perf_counter()
-    tr.fit(state, batches, step, lambda: data.test_batches(info, memory_format))
-    end = tr.finish(state, {"wall_s": round(time.perf_counter() - t0, 3)})
-    if info.is_main and not end.get("stopped"):
-        print(f"done: test top1 {end['test_top1']:.4f} top5 {end['test_top5']:.4f} after "
-              f"{end['epochs']} epochs ({state.elapsed / 60:.1f} min); wrote "
-              f"{out / tr.MODEL_NAME} and {out / tr.LOG_NAME}", flush=True)
+    tr.train(state, batches, step, lambda: data.test_batches(info, batch_format))
     return 0

@@ -1,0 +1,154 @@
+"""Argument types and the groups of flags that several commands share.
+
+A command module builds its parser from these groups and its own flags, so a flag that means
+the same thing in two commands is spelled, checked and documented once.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from .training.schedule import SCHEDULE_DEFAULTS, SCHEDULE_PRESETS
+
+__all__ = [
+    "positive_int",
+    "non_negative_float",
+    "int_list",
+    "DATA_HELP",
+    "add_teacher_argument",
+    "add_data_arguments",
+    "add_threads_argument",
+    "add_schedule_arguments",
+    "add_runtime_arguments",
+]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated non-negative integers, e.g. ``200,300,400``."""
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated epochs like 200,300,400, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected epochs >= 0, got {text!r}")
+    return sorted(values)
+
+
+DATA_HELP = "data spec: fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, imagefolder:DIR"
+
+
+def add_teacher_argument(g) -> None:
+    """``--teacher``: a checkpoint, by default the shipped one."""
+    g.add_argument("--teacher", default=None,
+                   help="teacher checkpoint (default: the shipped Fashion-MNIST ResNet-20)")
+
+
+def add_data_arguments(g, default: str | None = "fashion-mnist", default_help: str = "",
+                       root_help: str = "folder of the data set (overrides the spec's)",
+                       download: bool = False, as_cifar: bool = False,
+                       image_size: bool = False) -> None:
+    """``--data`` and ``--data-root``, and optionally ``--download``, ``--as-cifar`` and
+    ``--image-size``."""
+    g.add_argument("--data", default=default, help=DATA_HELP + default_help)
+    g.add_argument("--data-root", default=None, help=root_help)
+    if download:
+        g.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
+    if as_cifar:
+        g.add_argument("--as-cifar", action="store_true",
+                       help="Fashion-MNIST as 3x32x32 (pad 2, repeat channels)")
+    if image_size:
+        g.add_argument("--image-size", type=positive_int, default=224,
+                       help="crop size for imagefolder data (default %(default)s)")
+
+
+def add_threads_argument(g, help_more: str = "") -> None:
+    """``--threads``: torch's intra-op CPU threads."""
+    g.add_argument("--threads", type=positive_int, default=None,
+                   help="torch intra-op CPU threads (default: torch's choice" + help_more + ")")
+
+
+def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
+    """Optimiser and schedule flags; None defaults are filled by :func:`resolve_hparams`."""
+    g = p.add_argument_group("schedule (paper sec. 4)")
+    # dest "preset": the name runs have always recorded in their logs and checkpoints.
+    g.add_argument("--schedule-preset", "--preset", dest="preset", choices=sorted(SCHEDULE_PRESETS),
+                   default=None,
+                   help="the paper's settings: cifar100 (batch 128, 600 epochs, decays "
+                        "200/300/400/500) or imagenet (batch 256); explicit flags override")
+    g.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"passes over the labelled images (default {SCHEDULE_DEFAULTS['epochs']}); "
+                        f"scaled by n/L with a mixed set, see --no-scale-epochs")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"global batch (split over torchrun ranks; default "
+                        f"{SCHEDULE_DEFAULTS['batch_size']}); distill: real images, as many mixed")
+    g.add_argument("--lr", type=non_negative_float, default=None,
+                   help=f"initial learning rate (default {SCHEDULE_DEFAULTS['lr']})")
+    g.add_argument("--momentum", type=non_negative_float, default=None, help="default 0.9")
+    g.add_argument("--wd", type=non_negative_float, default=None,
+                   help="weight decay (default 5e-4)")
+    g.add_argument("--lr-decay-epochs", type=int_list, default=None,
+                   help="epochs (in --epochs units) where the lr is multiplied by "
+                        "--lr-decay-rate (default: 1/3, 1/2, 2/3, 5/6 of --epochs)")
+    g.add_argument("--lr-decay-rate", type=non_negative_float, default=None, help="default 0.1")
+    g.add_argument("--no-scale-epochs", action="store_true",
+                   help="do not scale --epochs and --lr-decay-epochs by n/L (see docs)")
+    g.add_argument("--seed", type=int, default=0, help="default %(default)s")
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """Output, resume, device, precision, limits and progress flags."""
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=None, help="output folder (checkpoint.pt, model.pt, "
+                                               "log.jsonl)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from <out>/checkpoint.pt (starts fresh if there is none)")
+    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N (under "
+                                                    "torchrun each rank takes cuda:LOCAL_RANK)")
+    g.add_argument("--amp", choices=("none", "bf16"), default="none",
+                   help="bf16 autocast for forward passes (GPUs; default none)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format for models and batches (default on)")
+    add_threads_argument(g)
+    g.add_argument("--workers", type=int, default=4,
+                   help="DataLoader workers (ImageFolder data only; in-memory data uses "
+                        "none; default %(default)s)")
+    g.add_argument("--limit-train", type=positive_int, default=None,
+                   help="use only the first N labelled training images (data-limited setting)")
+    g.add_argument("--limit-mixed", type=positive_int, default=None,
+                   help="use only the first N images of the generated set")
+    g.add_argument("--limit-test", type=positive_int, default=None,
+                   help="evaluate on the first N test images only")
+    g.add_argument("--limit-steps", type=positive_int, default=None,
+                   help="at most N steps per epoch (smoke tests)")
+    g.add_argument("--eval-every", type=positive_int, default=1,
+                   help="evaluate on the test split every N epochs (and after the last; "
+                        "default 1)")
+    g.add_argument("--stop-after", type=positive_int, default=None,
+                   help="stop after N epochs in this invocation, leaving a checkpoint that "
+                        "--resume continues (time-limited job slots)")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+

@@ -1,0 +1,240 @@
+"""Generating a mixed set: :func:`generate` with keywords, :func:`generate_set` with a
+:class:`~supermix.generation.settings.GenerateSettings`; shards are written and resumed through
+:mod:`supermix.mixed_set`, ranks of a torchrun job share the shards."""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import data as sdata
+from ..checkpoint import sha256_file
+from ..errors import MissingFileError, UsageError
+from ..mixed_set import (FORMAT, FORMAT_VERSION, MANIFEST, PNG_DIR, ShardStats, check_out_dir,
+                         clean_temporaries, describe_diff, differing_keys, finished_shards,
+                         read_manifest, remove_set, shard_name, totals, write_manifest,
+                         write_pngs, write_shard)
+from ..runtime import DistInfo, init_distributed, progress, resolve_device, shutdown_distributed
+from ..teachers import check_teacher_runs, describe_teacher, load_teacher_for, locate_teacher
+from .settings import IDENTITY_KEYS, GenerateSettings
+from .shards import GenerationError, generate_shard, make_mixer, shard_quotas
+from .source import ImageSource, subset_indices
+
+__all__ = ["generate", "generate_set"]
+
+
+def generate(out_dir: str | os.PathLike, size: int, *, arguments: dict | None = None,
+             log: Callable[[str], None] | None = None, **options: Any) -> dict:
+    """Generate (or finish generating) a mixed data set in ``out_dir``; returns the manifest.
+
+    Args (``options`` are the fields of :class:`GenerateSettings`):
+        out_dir: output folder (created).
+        size: N, the number of samples of the finished set.
+        teacher: checkpoint path; None is the shipped Fashion-MNIST ResNet-20.
+        data, data_root: data spec (see :mod:`supermix.data`) and optional folder override.
+        preset: ``"cifar100" | "imagenet" | "fashion-mnist"``: the paper's k, alpha,
+            lambda_s, sigma and mask size; explicit arguments override it.
+        k, alpha, lambda_s, sigma, mask_size, method, max_iters: solver settings.
+        mixer: ``"supermix" | "mixup" | "cutmix"``; the blind ones are labelled by the teacher.
+        batch_size: images mixed per solver call; shard_size: samples per shard file.
+        seed: the run's seed; shard j is a function of (seed, j) and the settings.
+        store: ``"uint8" | "float16"`` for ``mixed``.
+        split: ``"train" | "test"`` split of the data.
+        limit: mix only the first N images of the split (an int) or the ones an index file
+            lists (a path).
+        keep_failed: keep SuperMix samples that did not reach the criterion (default: drop).
+        export_png: also write every kept mixed image as a PNG.
+        overwrite: replace a set generated with other settings instead of failing.
+        backend, device: kernel backend and device of the teacher and the mixing.
+        progress: show a tqdm bar (None: when stderr is a terminal).
+        arguments: the command-line arguments, recorded in the manifest (default: these).
+        log: where one-line notices go (default: stderr).
+
+    Raises:
+        UsageError: bad arguments, a teacher that does not fit the data, an unwritable folder,
+            or a folder generated with other settings (the differing keys are named).
+        GenerationError: a shard could not reach its quota of successful samples.
+    """
+    return generate_set(GenerateSettings(out=out_dir, size=size, **options), arguments, log)
+
+
+def generate_set(settings: GenerateSettings, arguments: dict | None = None,
+                 log: Callable[[str], None] | None = None) -> dict:
+    """Generate (or finish generating) the set ``settings`` describe; returns the manifest.
+    ``arguments``: what the manifest records as the arguments (default: the settings')."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if arguments is None:
+        arguments = settings.arguments()
+    s, preset_values = settings.solver_settings()
+    dev = resolve_device(settings.device)
+    teacher_path = locate_teacher(settings.teacher)
+    try:
+        teacher_sha = sha256_file(teacher_path)
+    except OSError as e:
+        raise MissingFileError(f"--teacher: cannot read {teacher_path}: {e.strerror or e}") from e
+
+    # Ranks wait for each other at the end of a generation that may take hours.
+    world = init_distributed(dev, timeout=datetime.timedelta(days=7))
+    try:
+        return _generate(settings, s, preset_values, teacher_path, teacher_sha, arguments,
+                         world, log)
+    finally:
+        shutdown_distributed(world)
+
+
+def _generate(settings: GenerateSettings, s: dict, preset_values: dict, teacher_path: Path,
+              teacher_sha: str, arguments: dict, world: DistInfo, log) -> dict:
+    from supermix_ext import resolve_backend
+
+    out, data, data_root, dev = Path(settings.out), settings.data, settings.data_root, world.device
+    backend, export_png, overwrite = settings.backend, settings.export_png, settings.overwrite
+
+    name, root = sdata.parse_spec(data, data_root)
+    teacher_model, as_cifar, mean, std = load_teacher_for(teacher_path, data, data_root, dev)
+    try:
+        resolved_backend = resolve_backend(dev, backend)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"--backend: {e}") from e
+    source = ImageSource(data, data_root, s["split"] == "train", as_cifar, mean, std, dev)
+    source.subset, subset_sha = subset_indices(settings.limit, source.split_size)
+    if len(source) < s["k"]:
+        raise UsageError(f"--data: {data!r} has {len(source)} images, fewer than k={s['k']}")
+    num_classes = int(teacher_model.supermix_config["num_classes"])
+    check_teacher_runs(teacher_model, source.batch(torch.arange(min(2, len(source)))),
+                       num_classes, teacher_path)
+
+    check_out_dir(out)
+    data_spec = name if root is None else f"{name}:{os.path.abspath(root)}"
+    identity = {
+        "format": f"{FORMAT}/{FORMAT_VERSION}", "teacher_sha256": teacher_sha, "data": data_spec,
+        "split": s["split"], "dataset_size": len(source), "image_shape": list(source.shape),
+        "mean": mean, "std": std, "num_classes": num_classes,
+        **{key: s[key] for key in IDENTITY_KEYS if key in s},
+    }
+    identity = {key: identity[key] for key in IDENTITY_KEYS}
+    if subset_sha is not None:
+        identity["subset"] = subset_sha
+    quotas = shard_quotas(s["size"], s["shard_size"])
+    mine = [j for j in range(len(quotas)) if j % world.world == world.rank]
+    overwrite_hint = "pass --overwrite to replace it, or choose another --out"
+
+    manifest = read_manifest(out)
+    if manifest is not None and not overwrite:
+        old = manifest.get("config", {})
+        keys = differing_keys(old, identity)
+        if keys:
+            raise UsageError(f"--out: {out / MANIFEST} was written with other settings: "
+                             f"{describe_diff(old, identity, keys)}; {overwrite_hint}")
+    if overwrite:
+        manifest = None
+    if world.rank == 0:
+        if overwrite:
+            remove_set(out)
+        removed = clean_temporaries(out)
+        if removed:
+            log(f"supermix generate: removed {removed} partial temporary file(s) in {out}")
+    world.barrier()
+
+    done, warnings = finished_shards(out, manifest, identity, quotas, mine, overwrite_hint)
+    for w in warnings:
+        log(f"supermix generate: {w}")
+
+    header = {
+        "format": FORMAT, "version": FORMAT_VERSION, "complete": False,
+        "config": identity,
+        "arguments": dict(arguments or {}),
+        "preset": settings.preset, "preset_values": preset_values,
+        "seed": s["seed"],
+        "data": {"spec": data_spec, "given": data, "split": s["split"], "size": len(source),
+                 "image_shape": list(source.shape), "mean": mean, "std": std,
+                 "as_cifar": as_cifar, "class_names": list(sdata.class_names(data, data_root)),
+                 **({"limit": settings.limit} if settings.limit is not None else {})},
+        "teacher": describe_teacher(teacher_path, teacher_model, teacher_sha),
+        "runtime": {"device": str(dev), "backend": resolved_backend, "world_size": world.world,
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "export_png": bool(export_png)},
+        "shard_count": len(quotas),
+    }
+
+    previous_speed = ((manifest or {}).get("totals") or {}).get("images_per_s")
+
+    def update_manifest(entries: dict[int, dict], complete: bool, seconds: float,
+                        kept: int) -> dict:
+        ordered = [entries[j] for j in sorted(entries)]
+        m = dict(header, complete=complete, shards=ordered,
+                 totals=totals(ordered, s["size"], seconds, kept, previous_speed),
+                 updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        write_manifest(out, m)
+        return m
+
+    # Single process: the manifest follows every finished shard. Under torchrun only rank 0
+    # writes it, at the start and the end; a killed run is resumed from the shard headers.
+    entries = dict(done)
+    known: dict[int, dict] = {}
+    for part in world.gather(done):
+        known.update(part)
+    if world.rank == 0:
+        update_manifest(known, False, 0.0, 0)
+
+    if export_png:  # a set finished without --export-png gets its PNGs now
+        for j in done:
+            first = j * s["shard_size"]
+            names = [out / PNG_DIR / f"{first + i:08d}.png" for i in range(quotas[j])]
+            if not all(p.is_file() for p in names):
+                from safetensors.torch import load_file
+                write_pngs(out, first, load_file(out / shard_name(j))["mixed"])
+    todo = [j for j in mine if j not in done]
+    mixer = make_mixer(s, teacher_model, backend)
+    total = sum(quotas[j] for j in mine)
+    bar = progress(total, "generate", settings.progress if world.is_main else False,
+                   initial=sum(quotas[j] for j in done), unit="img")
+    running = {"generated": 0, "successes": 0, "iters": 0}
+    run_kept = 0
+    start = time.perf_counter()
+    try:
+        for j in todo:
+            base = dict(running)
+
+            def on_batch(n_kept: int, st: ShardStats, base=base) -> None:
+                running.update(generated=base["generated"] + st.generated,
+                               successes=base["successes"] + st.successes,
+                               iters=base["iters"] + st.iters_sum)
+                if bar is not None:
+                    g = max(running["generated"], 1)
+                    bar.set_postfix(success=f"{running['successes'] / g:.1%}",
+                                    iters=f"{running['iters'] / g:.2f}", refresh=False)
+                    bar.update(n_kept)
+
+            tensors, stats = generate_shard(j, quotas[j], s, source, mixer, dev, on_batch)
+            count = tensors["mixed"].shape[0]
+            if export_png:
+                write_pngs(out, j * s["shard_size"], tensors["mixed"])
+            entries[j] = write_shard(out, j, tensors, stats, identity)
+            run_kept += count
+            if world.world == 1:
+                update_manifest(entries, False, time.perf_counter() - start, run_kept)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start
+
+    gathered = world.gather({"entries": entries, "kept": run_kept, "seconds": seconds})
+    result: dict = {}
+    if world.rank == 0:
+        all_entries: dict[int, dict] = {}
+        for part in gathered:
+            all_entries.update(part["entries"])
+        missing = [j for j in range(len(quotas)) if j not in all_entries]
+        if missing:
+            raise GenerationError(f"shards {missing} were not generated")
+        result = update_manifest(all_entries, True, max(p["seconds"] for p in gathered),
+                                sum(p["kept"] for p in gathered))
+    world.barrier()
+    if world.rank != 0:
+        result = read_manifest(out) or {}
+    return result

@@ -1,0 +1,100 @@
+"""A run's files: ``checkpoint.pt`` and ``--resume``, ``model.pt``, ``log.jsonl``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+
+from ..checkpoint import atomic_write_text, load_checkpoint
+from ..errors import MissingFileError, UsageError
+from .state import TrainState
+
+__all__ = [
+    "CHECKPOINT_NAME", "MODEL_NAME", "LOG_NAME", "RUNTIME_ARGS", "run_arguments", "must_match",
+    "check_out", "write_log", "try_resume",
+]
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.pt"
+LOG_NAME = "log.jsonl"
+
+# Arguments that may differ between a run and its --resume (they do not change the result).
+RUNTIME_ARGS = ("resume", "out", "device", "threads", "workers", "no_progress", "limit_test",
+                "eval_every", "stop_after", "command_line", "func", "command")
+
+
+def run_arguments(args: argparse.Namespace) -> dict:
+    """The arguments as plain values, for the checkpoint and the log."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command")
+            and not callable(v)}
+
+
+def must_match(run_args: dict) -> list[str]:
+    """Keys of ``run_args`` a resumed run must share with its checkpoint."""
+    return [k for k in run_args if k not in RUNTIME_ARGS]
+
+
+def check_out(out: Path, resume: bool) -> Path:
+    """Refuse to overwrite a run: ``out`` holding a checkpoint needs ``--resume``; returns
+    ``out``."""
+    if (out / CHECKPOINT_NAME).exists() and not resume:
+        raise UsageError(f"--out: {out} already holds {CHECKPOINT_NAME}; pass --resume to "
+                         f"continue it or choose another --out")
+    return out
+
+
+def write_log(state: TrainState, end: dict | None = None) -> None:
+    """Rewrite ``log.jsonl`` from the start record and the history (atomic, rank 0 only)."""
+    if not state.info.is_main:
+        return
+    lines = [dict(event="start", **state.start_record)]
+    resumes = sorted(state.resumes, key=lambda r: r["after_epoch"])
+    for record in state.history:
+        lines += [dict(event="resume", **r) for r in resumes
+                  if r["after_epoch"] == record["epoch"] - 1]
+        lines.append(dict(event="epoch", **record))
+    done = state.history[-1]["epoch"] if state.history else 0
+    lines += [dict(event="resume", **r) for r in resumes if r["after_epoch"] >= done]
+    if end is not None:
+        lines.append(dict(event="end", **end))
+    atomic_write_text("".join(json.dumps(line) + "\n" for line in lines), state.out / LOG_NAME)
+
+
+def try_resume(state: TrainState, must_match: Sequence[str]) -> bool:
+    """Load ``<out>/checkpoint.pt`` into ``state`` if it exists; returns whether it did.
+
+    Raises:
+        UsageError: the checkpoint was made with different ``must_match`` arguments.
+    """
+    path = state.out / CHECKPOINT_NAME
+    if not path.exists():
+        if state.info.is_main:
+            print(f"--resume: no {path} yet, starting from scratch", flush=True)
+        return False
+    ckpt = load_checkpoint(path, map_location="cpu")
+    saved = ckpt.get("args", {})
+    for key in must_match:
+        if saved.get(key) != state.run_args.get(key):
+            raise UsageError(f"--{key.replace('_', '-')}: the checkpoint in {state.out} was made "
+                             f"with {saved.get(key)!r}, got {state.run_args.get(key)!r}")
+    try:
+        state.model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise MissingFileError(f"--resume: {path} does not fit this model: "
+                               f"{str(e).splitlines()[0]}") from e
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.start_epoch = int(ckpt["epoch"])
+    state.history = list(ckpt.get("history", []))
+    state.elapsed = float(ckpt.get("elapsed_s", 0.0))
+    state.start_record = dict(ckpt.get("start_record") or state.start_record)
+    state.resumes = list(ckpt.get("resumes", [])) + [
+        {"after_epoch": state.start_epoch,
+         "command_line": state.run_args.get("command_line")}]
+    if state.info.is_main:
+        print(f"resuming {path} after epoch {state.start_epoch}", flush=True)
+    return True
+
+
