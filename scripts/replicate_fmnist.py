@@ -12,10 +12,9 @@ setting the paper's sec. 4.2 argues mixing helps most). Methods, each trained wi
 
 for X in MixUp, CutMix and SuperMix sets of the same size (``--kappa`` times the labelled
 images), mixed from the labelled images only, k = 2, alpha = 3 (paper sec. 4), all labelled by
-the teacher. Sets are made once (seed 0) with the mixers' ``mix_batch`` and written in the
-``supermix generate`` format (``supermix generate`` draws from the whole split, which is not
-the data-limited setting); SuperMix samples that miss the termination criterion are dropped and
-more are drawn, as ``supermix generate`` does. Every run is one ``supermix distill`` command
+the teacher. Sets are made once (seed 0) by ``supermix generate --limit`` (the first
+``--labelled`` training images only, the data-limited setting); SuperMix samples that miss the
+termination criterion are dropped and more are drawn. Every run is one ``supermix distill`` command
 (printed in the report) with ``--epochs E`` in passes over the labelled images, so every method
 does the same number of SGD steps (the paper's 1/kappa epoch scaling).
 
@@ -32,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import hashlib
 import json
 import os
 import platform
@@ -95,98 +93,31 @@ QUICK = dict(labelled=512, kappa=1.0, epochs=3, batch_size=64, seeds=[0, 1], lim
 
 
 # ------------------------------------------------------------------------------ mixed sets ---
+def generate_command(out: Path, mixer_name: str, teacher_path: Path, labelled: int, size: int,
+                     seed: int = 0, batch_size: int = 128) -> list[str]:
+    """The ``supermix generate`` command that mixes ``size`` samples from the first
+    ``labelled`` training images into ``out`` (k = 2, alpha = 3, the paper's solver settings)."""
+    return ["supermix", "generate", "--teacher", _shown(teacher_path), "--data", "fashion-mnist",
+            "--limit", str(labelled), "--size", str(size), "--mixer", mixer_name,
+            "--solver-preset", "fashion-mnist", "--max-iters", "50", "--seed", str(seed),
+            "--batch-size", str(batch_size), "--shard-size", "4096", "--device", "cpu",
+            "--threads", "1", "--no-progress", "--out", _shown(out)]
+
+
 def write_mixed_set(out: Path, mixer_name: str, teacher_path: Path, labelled: int, size: int,
                     seed: int = 0, batch_size: int = 128, log=print) -> dict:
-    """Mix ``size`` samples from the first ``labelled`` training images into ``out`` in the
-    ``supermix generate`` format (one shard); returns the manifest. Reuses a finished set."""
-    from safetensors.torch import save
-
-    from supermix import data as sdata
-    from supermix.teachers import load_teacher
-    from supermix.mixed_set import FORMAT, MANIFEST, shard_name
-    from supermix.checkpoint import atomic_write_text
-    from supermix.mixers import create_mixer
-    from supermix.solver import is_success
-
-    manifest_path = out / MANIFEST
-    identity = {"mixer": mixer_name, "teacher_sha256": _sha256(teacher_path),
-                "labelled": labelled, "size": size, "seed": seed, "batch_size": batch_size,
-                "k": 2, "alpha": 3.0, "lambda_s": 25.0, "sigma": 1.0, "mask_size": 8,
-                "max_iters": 50}
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("complete") and old.get("replication") == identity:
-            log(f"  {mixer_name}: reusing {out}")
-            return old
-    out.mkdir(parents=True, exist_ok=True)
-    teacher = load_teacher(teacher_path)
-    config = teacher.supermix_config
-    name = "fashion-mnist"
-    mean, std = [float(v) for v in config["mean"]], [float(v) for v in config["std"]]
-    images, _ = sdata.load_tensors(name, train=True, normalize=False, limit=labelled)
-    x_all = (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-    kwargs = dict(k=2, alpha=3.0)
-    if mixer_name == "supermix":
-        kwargs.update(lambda_s=25.0, sigma=1.0, mask_size=8, max_iters=50)
-    mixer = create_mixer(mixer_name, teacher=teacher, **kwargs)
-    index_gen = torch.Generator().manual_seed(seed)
-    mix_gen = torch.Generator().manual_seed(seed)
-    parts: dict[str, list] = {}
-    kept = drawn = successes = iters = 0
-    t0 = time.perf_counter()
-    while kept < size:
-        if drawn > 20 * size:
-            raise RuntimeError(f"{mixer_name}: too few samples reach the criterion "
-                               f"({successes}/{drawn})")
-        index = torch.randperm(labelled, generator=index_gen)[:batch_size]
-        result = mixer.mix_batch(x_all[index], mix_gen)
-        # The termination criterion on the teacher's prediction; only SuperMix drops failures.
-        labels = result.labels[result.sources]
-        present = torch.zeros_like(result.probs, dtype=torch.bool).scatter_(1, labels, True)
-        criterion = is_success(result.probs, present, present.sum(dim=1), 2)
-        keep = criterion if mixer_name == "supermix" else torch.ones_like(criterion)
-        drawn += len(index)
-        successes += int(criterion.sum())
-        iters += int(result.iters.sum())
-        rows = keep.nonzero().flatten()[:size - kept]
-        pixels = (result.mixed[rows] * torch.tensor(std).view(1, -1, 1, 1)
-                  + torch.tensor(mean).view(1, -1, 1, 1)).clamp_(0, 1)
-        fields = {"mixed": pixels.mul(255).round_().to(torch.uint8),
-                  "sources": index[result.sources[rows]],
-                  "r": result.weights[rows].float(), "y_hat": result.targets[rows].float(),
-                  "teacher_probs": result.probs[rows].float(),
-                  "iters": result.iters[rows].long(), "success": criterion[rows]}
-        for key, value in fields.items():
-            parts.setdefault(key, []).append(value)
-        kept += len(rows)
-    seconds = time.perf_counter() - t0
-    tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
-    blob = save(tensors, metadata={"format": FORMAT, "note": "replicate_fmnist.py"})
-    shard = out / shard_name(0)
-    tmp = shard.with_suffix(".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, shard)
-    manifest = {
-        "format": FORMAT, "version": 1, "complete": True, "replication": identity,
-        "config": {"data": name, "num_classes": int(config["num_classes"]),
-                   "image_shape": list(tensors["mixed"].shape[1:]), "mixer": mixer_name},
-        "data": {"spec": name, "split": "train", "size": labelled,
-                 "image_shape": list(tensors["mixed"].shape[1:]), "mean": mean, "std": std,
-                 "as_cifar": False, "class_names": list(sdata.class_names(name))},
-        "teacher": {"path": str(teacher_path), "sha256": identity["teacher_sha256"]},
-        "shards": [{"file": shard.name, "shard": 0, "count": kept,
-                    "sha256": hashlib.sha256(blob).hexdigest()}],
-        "totals": {"kept": kept, "generated": drawn, "success_rate": successes / drawn,
-                   "mean_iters": iters / drawn, "seconds": round(seconds, 1)},
-    }
-    atomic_write_text(json.dumps(manifest, indent=2) + "\n", manifest_path)
-    log(f"  {mixer_name}: {kept} samples in {seconds:.0f}s (drawn {drawn}, criterion met by "
-        f"{successes / drawn:.1%}, mean iterations {iters / drawn:.2f})")
+    """Run :func:`generate_command` (which resumes a killed run and reuses a finished set);
+    returns the manifest."""
+    command = generate_command(out, mixer_name, teacher_path, labelled, size, seed, batch_size)
+    proc = subprocess.run([sys.executable, "-m", "supermix", *command[1:]], env=_env(),
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed:\n{proc.stderr[-2000:]}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    t = manifest["totals"]
+    log(f"  {mixer_name}: {t['kept']} samples (drawn {t['generated']}, criterion met by "
+        f"{t['success_rate']:.1%}, mean iterations {t['mean_iters']:.2f})")
     return manifest
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------ runs ---
@@ -228,10 +159,15 @@ def distill_command(s: Settings, m: Method, seed: int, out: Path, sets: dict[str
     return cmd
 
 
-def execute(run: Run) -> Run:
+def _env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "python"), str(ROOT),
                                                       env.get("PYTHONPATH")]))
+    return env
+
+
+def execute(run: Run) -> Run:
+    env = _env()
     run.out.mkdir(parents=True, exist_ok=True)
     run.log = run.out / "stdout.txt"
     argv = [sys.executable, "-m", "supermix", *run.command[1:]]
@@ -305,9 +241,10 @@ def write_report(path: Path, plot: Path, s: Settings, runs: list[Run], sets: dic
               "time |", "|---|---|---|---|---|---|"]
     for mixer in MIXERS:
         t = sets[mixer]["totals"]
+        seconds = sum(e.get("seconds") or 0.0 for e in sets[mixer]["shards"])
         lines.append(f"| {MIXER_TITLES[mixer]} | {t['kept']} | {t['generated']} | "
                      f"{100 * t['success_rate']:.1f}% | {t['mean_iters']:.2f} | "
-                     f"{t['seconds']:.0f} s |")
+                     f"{seconds:.0f} s |")
     lines += ["", "For MixUp and CutMix the criterion (does the teacher see both source classes "
               "in the mixed image?) is only recorded; SuperMix samples that miss it are dropped "
               "and replaced, as `supermix generate` does.", ""]
@@ -324,9 +261,10 @@ def write_report(path: Path, plot: Path, s: Settings, runs: list[Run], sets: dic
               "2/3 and 5/6 of the run (the paper's 200/300/400/500 of 600).",
               "", "## Commands", "",
               "Run from the repository root (`supermix` is the installed command, or "
-              "`python -m supermix` with `python/` on `PYTHONPATH`); the mixed sets are written "
-              "by `write_mixed_set` in `scripts/replicate_fmnist.py` in the `supermix generate` "
-              "format.", "", "```"]
+              "`python -m supermix` with `python/` on `PYTHONPATH`): the mixed sets, then the "
+              "runs.", "", "```"]
+    for mixer in MIXERS:
+        lines.append(sets[mixer]["arguments"]["command_line"])
     for r in runs:
         lines.append(shlex.join(r.command))
     lines += ["```", "", "![replication](replication.png)" if not quick else "", ""]
