@@ -7,7 +7,8 @@ are called over the shared shape, dtype and sigma lists of tests/testing.py,
 so the real host launchers choose the block sizes, grids and constexprs exactly as on a GPU and
 Triton compiles each variant to PTX and a cubin with its ptxas. The tensors are CPU tensors
 (never read: nothing runs), let through the launchers' CPU check, which otherwise asks for the
-interpreter. Prints one JSON object:
+interpreter; one case per kernel is past 2^31 - 1 elements, for the int64-offset variants (its
+tensors cost address space only). Prints one JSON object:
 ``{"arch": 90, "compiled": {kernel: variants}, "max_shared": {kernel: bytes},
 "nan_dropping_minmax": {kernel: count}, "errors": [...]}``.
 """
