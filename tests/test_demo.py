@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -28,10 +27,8 @@ def test_demo_with_shipped_teacher(tmp_path):
         pytest.skip(f"the shipped teacher {default_teacher_path()} has not been trained yet")
     out = tmp_path / "demo.png"
     extra = ["--teacher", override] if override else []
-    start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "supermix", "demo", "--out", str(out), *extra],
                           env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == PNG_MAGIC
     text = proc.stdout
@@ -47,7 +44,6 @@ def test_demo_with_shipped_teacher(tmp_path):
     # often than in blind mixes.
     assert success >= 50.0, text
     assert success > rows["MixUp"][1] + 20 and success > rows["CutMix"][1] + 20, text
-    assert seconds < 60, f"demo took {seconds:.0f} s"
 
 
 def test_run_demo_figures(tmp_path, tiny_teacher):
