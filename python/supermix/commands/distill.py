@@ -204,26 +204,19 @@ def _run(args, info: DistInfo) -> int:
         dummy = torch.zeros(n_mixed, dtype=torch.long)
 
     run_args = tr.run_arguments(args)
-    config = {
-        "arch": args.student, "num_classes": data.num_classes, "in_channels": data.shape[0],
-        "data": data.name, "as_cifar": data.as_cifar, "input_size": list(data.shape),
-        "mean": data.mean, "std": data.std, "class_names": data.class_names,
-        "teacher": args.teacher, "teacher_arch": tconfig.get("arch"),
-    }
+    config = dict(data.model_config(args.student), teacher=args.teacher,
+                  teacher_arch=tconfig.get("arch"))
     state = tr.TrainState(
         model=model, module=module, optimizer=optimizer, info=info, out=out, config=config,
         run_args=run_args, epochs=epochs, decay_epochs=decays, lr=args.lr,
         decay_rate=args.lr_decay_rate, steps_per_epoch=steps, eval_every=args.eval_every,
         amp=args.amp, show_progress=not args.no_progress, stop_after=args.stop_after,
         name="distill")
-    state.start_record = {
-        "command": "distill", "command_line": getattr(args, "command_line", None),
-        "args": run_args, "config": config, "world_size": info.world, "device": str(device),
-        "labelled_images": n, "mixed_images": n_mixed, "epoch_slots": slots,
-        "kappa": (n_mixed / n) if n_mixed else None, "epochs": epochs, "lr_decay_epochs": decays,
-        "steps_per_epoch": steps, "teacher_test_top1": tconfig.get("test_accuracy"),
-        "weights": dataclasses.asdict(weights),
-    }
+    state.start_record = tr.start_record(
+        "distill", args, run_args, config, info, labelled_images=n, mixed_images=n_mixed,
+        epoch_slots=slots, kappa=(n_mixed / n) if n_mixed else None, epochs=epochs,
+        lr_decay_epochs=decays, steps_per_epoch=steps,
+        teacher_test_top1=tconfig.get("test_accuracy"), weights=dataclasses.asdict(weights))
     if args.resume:
         tr.try_resume(state, tr.must_match(run_args))
     if info.is_main and generated is not None:

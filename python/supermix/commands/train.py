@@ -100,23 +100,16 @@ def _run(args, info: DistInfo) -> int:
         targets = mixed_targets(generated, args.mixed_label)
 
     run_args = tr.run_arguments(args)
-    config = {
-        "arch": args.arch, "num_classes": data.num_classes, "in_channels": data.shape[0],
-        "data": data.name, "as_cifar": data.as_cifar, "input_size": list(data.shape),
-        "mean": data.mean, "std": data.std, "class_names": data.class_names,
-    }
+    config = data.model_config(args.arch)
     state = tr.TrainState(
         model=model, module=module, optimizer=optimizer, info=info, out=out, config=config,
         run_args=run_args, epochs=epochs, decay_epochs=decays, lr=args.lr,
         decay_rate=args.lr_decay_rate, steps_per_epoch=steps, eval_every=args.eval_every,
         amp=args.amp, show_progress=not args.no_progress, stop_after=args.stop_after, name="train")
-    state.start_record = {
-        "command": "train", "command_line": getattr(args, "command_line", None),
-        "args": run_args, "config": config, "world_size": info.world, "device": str(device),
-        "labelled_images": n, "mixed_images": n_mixed, "epoch_slots": slots,
-        "kappa": (n_mixed / n) if n_mixed else None, "epochs": epochs, "lr_decay_epochs": decays,
-        "steps_per_epoch": steps,
-    }
+    state.start_record = tr.start_record(
+        "train", args, run_args, config, info, labelled_images=n, mixed_images=n_mixed,
+        epoch_slots=slots, kappa=(n_mixed / n) if n_mixed else None, epochs=epochs,
+        lr_decay_epochs=decays, steps_per_epoch=steps)
     if args.resume:
         tr.try_resume(state, tr.must_match(run_args))
     if info.is_main and generated is not None:

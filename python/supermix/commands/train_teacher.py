@@ -128,21 +128,15 @@ def _run(args, info: DistInfo) -> int:
     factor = lr_factor(args, steps)
 
     run_args = tr.run_arguments(args)
-    config = {
-        "arch": args.arch, "num_classes": data.num_classes, "in_channels": data.shape[0],
-        "data": data.name, "as_cifar": data.as_cifar, "input_size": list(data.shape),
-        "mean": data.mean, "std": data.std, "class_names": data.class_names,
-    }
+    config = data.model_config(args.arch)
     state = tr.TrainState(
         model=model, module=module, optimizer=optimizer, info=info, out=out, config=config,
         run_args=run_args, epochs=args.epochs, decay_epochs=[], lr=args.lr, decay_rate=1.0,
         steps_per_epoch=steps, show_progress=not args.no_progress, name="train-teacher",
         lr_at=lambda epoch, i: args.lr * factor(epoch * steps + i))
-    state.start_record = {
-        "command": "train-teacher", "command_line": getattr(args, "command_line", None),
-        "args": run_args, "config": config, "world_size": info.world, "device": str(device),
-        "labelled_images": n, "epochs": args.epochs, "steps_per_epoch": steps,
-    }
+    state.start_record = tr.start_record("train-teacher", args, run_args, config, info,
+                                         labelled_images=n, epochs=args.epochs,
+                                         steps_per_epoch=steps)
     if args.resume:
         tr.try_resume(state, RESUME_MUST_MATCH)
     n_params = sum(p.numel() for p in model.parameters())

@@ -56,7 +56,7 @@ from .loop import (evaluate, finish, fit, make_sgd, run_command, setup_model,
 from .objectives import (MIXED_LABELS, DistillWeights, ce_loss, ce_to_teacher_top1,
                          distill_objective, kd_loss, mixed_targets, soft_cross_entropy)
 from .resume import (CHECKPOINT_NAME, LOG_NAME, MODEL_NAME, check_out, must_match, run_arguments,
-                     try_resume, write_log)
+                     start_record, try_resume, write_log)
 from .schedule import (DEFAULT_DECAY_FRACTIONS, SCHEDULE_DEFAULTS, SCHEDULE_PRESETS,
                        resolve_hparams, scale_schedule, step_lr)
 from .state import TrainState
@@ -64,6 +64,7 @@ from .sync_bn import CpuSyncBatchNorm, convert_sync_batchnorm, prepare_model
 
 __all__ = [
     "CHECKPOINT_NAME", "LOG_NAME", "MODEL_NAME", "check_out", "must_match", "run_arguments",
+    "start_record",
     "try_resume", "write_log",
     "DEFAULT_DECAY_FRACTIONS", "SCHEDULE_DEFAULTS", "SCHEDULE_PRESETS", "resolve_hparams",
     "scale_schedule", "step_lr",

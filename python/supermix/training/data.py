@@ -87,6 +87,15 @@ class LabelledData:
         kwargs.update(options)
         return cls(spec or args.data, args.data_root, **kwargs)
 
+    def model_config(self, arch: str) -> dict:
+        """The checkpoint config of a model ``arch`` trained on this data (what
+        :func:`supermix.teachers.load_teacher` rebuilds it from)."""
+        return {
+            "arch": arch, "num_classes": self.num_classes, "in_channels": self.shape[0],
+            "data": self.name, "as_cifar": self.as_cifar, "input_size": list(self.shape),
+            "mean": self.mean, "std": self.std, "class_names": self.class_names,
+        }
+
     @property
     def real_padding(self) -> int:
         return self.train.padding if self.in_memory else 0

@@ -12,7 +12,7 @@ from ..errors import MissingFileError, UsageError
 from .state import TrainState
 
 __all__ = [
-    "CHECKPOINT_NAME", "MODEL_NAME", "LOG_NAME", "RUNTIME_ARGS", "run_arguments", "must_match",
+    "CHECKPOINT_NAME", "MODEL_NAME", "LOG_NAME", "RUNTIME_ARGS", "start_record", "run_arguments", "must_match",
     "check_out", "write_log", "try_resume",
 ]
 
@@ -24,6 +24,14 @@ LOG_NAME = "log.jsonl"
 # Arguments that may differ between a run and its --resume (they do not change the result).
 RUNTIME_ARGS = ("resume", "out", "device", "threads", "workers", "no_progress", "limit_test",
                 "eval_every", "stop_after", "command_line", "func", "command")
+
+
+def start_record(command: str, args, run_args: dict, config: dict, info, **extra) -> dict:
+    """The log's ``start`` record: the command, its command line and arguments, the model
+    config, the world size and device, then ``extra``."""
+    return {"command": command, "command_line": getattr(args, "command_line", None),
+            "args": run_args, "config": config, "world_size": info.world,
+            "device": str(info.device), **extra}
 
 
 def run_arguments(args: argparse.Namespace) -> dict:
