@@ -3,8 +3,18 @@
 What is built is decided by the toolchain and two switches, never by a visible GPU:
 
 - ``FORCE_CPU=1``: C++/OpenMP only.
-- ``FORCE_CUDA=1``: C++ and CUDA; an error if no CUDA toolchain (``CUDA_HOME`` / ``nvcc``) is found.
-- neither: CUDA is built when the toolchain is found, otherwise C++ only.
+- ``FORCE_CUDA=1``: C++ and CUDA; an error if no usable CUDA toolkit is found.
+- neither: CUDA is built when a usable toolkit is found, otherwise C++ only (with a warning).
+
+A toolkit is usable when it has ``bin/nvcc`` and the CUDA headers (``include/cuda.h`` or
+``include/cuda_runtime.h``). The candidates, in order: the one torch finds (``CUDA_HOME`` /
+``CUDA_PATH``, else the parent of the ``nvcc`` on PATH, which is wrong when that ``nvcc`` is a
+wrapper script, e.g. /usr/local/bin/nvcc), then ``/usr/local/cuda``. The one chosen is what the
+compile uses (torch's ``CUDA_HOME`` is set to it).
+
+The wheel requires the torch minor version it was compiled against (``torch>=2.14,<2.15`` for a
+build on torch 2.14.x); ``supermix_ext/_build_info.py``, written next to ``_C``, records the torch
+it was built with, and ``import supermix_ext`` refuses a different torch minor version.
 
 ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures; with no GPU visible and no list given it
 defaults to ``DEFAULT_CUDA_ARCH_LIST`` (one list, to keep compile time modest). ``MAX_JOBS``
@@ -18,13 +28,20 @@ import glob
 import os
 import sys
 
+import re
+
 from setuptools import find_packages, setup
 
 import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import torch.utils.cpp_extension as cpp_extension
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0"
+# Tried after the toolkit torch found (cpp_extension.CUDA_HOME) when that one is not usable.
+CUDA_FALLBACK_HOMES = ("/usr/local/cuda",)
+CUDA_HEADERS = ("cuda.h", "cuda_runtime.h")
+BUILD_INFO = "_build_info.py"  # in the supermix_ext package, next to _C
 
 
 def _flag(name: str) -> bool:
@@ -35,35 +52,101 @@ def _note(message: str) -> None:
     print(f"[supermix setup] {message}", file=sys.stderr, flush=True)
 
 
-def _cuda_toolchain() -> str | None:
-    """CUDA_HOME if it holds nvcc, else None."""
-    if CUDA_HOME is None:
-        return None
-    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc.exe" if os.name == "nt" else "nvcc")
-    return CUDA_HOME if os.path.exists(nvcc) else None
+def _toolkit_problem(home: str) -> str | None:
+    """Why ``home`` is not a usable CUDA toolkit, or None if it is."""
+    nvcc = os.path.join(home, "bin", "nvcc.exe" if os.name == "nt" else "nvcc")
+    if not os.path.exists(nvcc):
+        return f"no {nvcc}"
+    if not any(os.path.exists(os.path.join(home, "include", h)) for h in CUDA_HEADERS):
+        return f"no CUDA headers ({' or '.join(CUDA_HEADERS)}) in {os.path.join(home, 'include')}"
+    return None
+
+
+def _cuda_toolchain() -> tuple[str | None, list[str]]:
+    """(the first usable CUDA toolkit or None, why each candidate before it was rejected)."""
+    candidates = []
+    for home in (cpp_extension.CUDA_HOME, *CUDA_FALLBACK_HOMES):
+        if home and os.path.abspath(home) not in [os.path.abspath(c) for c in candidates]:
+            candidates.append(home)
+    rejected = []
+    for home in candidates:
+        problem = _toolkit_problem(home)
+        if problem is None:
+            return home, rejected
+        rejected.append(f"{home}: {problem}")
+    return None, rejected
+
+
+def _use_toolkit(home: str) -> None:
+    """Make torch's extension builder compile with ``home`` (its CUDA_HOME is read at import)."""
+    cpp_extension.CUDA_HOME = home
+    os.environ["CUDA_HOME"] = home
 
 
 def _choose_cuda() -> bool:
-    toolchain = _cuda_toolchain()
     if _flag("FORCE_CPU"):
         _note("building CPU only: FORCE_CPU=1")
         return False
+    toolchain, rejected = _cuda_toolchain()
+    tried = "; ".join(rejected) or "no candidate: CUDA_HOME unset and no nvcc on PATH"
     if _flag("FORCE_CUDA"):
         if toolchain is None:
             raise RuntimeError(
-                "supermix setup: FORCE_CUDA=1 but no CUDA toolchain was found "
-                "(set CUDA_HOME to a CUDA install with bin/nvcc)"
+                f"supermix setup: FORCE_CUDA=1 but no usable CUDA toolkit was found ({tried}); "
+                "set CUDA_HOME to a CUDA install with bin/nvcc and include/cuda.h"
             )
+        if rejected:
+            _note(f"WARNING: skipped unusable CUDA toolkit candidates ({'; '.join(rejected)})")
+        _use_toolkit(toolchain)
         _note(f"building CPU+CUDA: FORCE_CUDA=1, toolchain at {toolchain}")
         return True
     if toolchain is None:
-        _note("building CPU only: no CUDA toolchain found (CUDA_HOME / nvcc); FORCE_CUDA=1 to insist")
+        _note(
+            f"WARNING: building CPU only: no usable CUDA toolkit found ({tried}); "
+            "set CUDA_HOME to a CUDA install with bin/nvcc and include/cuda.h, FORCE_CUDA=1 to insist"
+        )
         return False
     if torch.version.cuda is None:
         _note(f"building CPU only: nvcc found at {toolchain} but this torch ({torch.__version__}) has no CUDA")
         return False
+    if rejected:
+        _note(f"WARNING: skipped unusable CUDA toolkit candidates ({'; '.join(rejected)})")
+    _use_toolkit(toolchain)
     _note(f"building CPU+CUDA: CUDA toolchain found at {toolchain}; FORCE_CPU=1 to skip it")
     return True
+
+
+def _torch_minor() -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    if match is None:
+        raise RuntimeError(f"supermix setup: cannot parse the torch version {torch.__version__!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _torch_requirement() -> str:
+    """The torch minor version _C is compiled against: its C++ ABI is not stable across minors."""
+    major, minor = _torch_minor()
+    return f"torch>={major}.{minor},<{major}.{minor + 1}"
+
+
+class BuildExtensionWithInfo(BuildExtension):
+    """BuildExtension that also writes supermix_ext/_build_info.py (the torch _C was built with)
+    next to _C: in the build directory (the wheel) and, for in-place/editable builds, the source."""
+
+    def run(self) -> None:
+        super().run()
+        text = (
+            "# Written by setup.py when supermix_ext._C was built; checked by supermix_ext._version_check.\n"
+            f"TORCH_VERSION = {torch.__version__!r}\n"
+        )
+        targets = [os.path.join(self.build_lib, "supermix_ext", BUILD_INFO)]
+        if self.inplace:
+            package_dir = self.get_finalized_command("build_py").get_package_dir("supermix_ext")
+            targets.append(os.path.join(package_dir, BUILD_INFO))
+        for target in targets:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w", encoding="utf-8") as f:
+                f.write(text)
 
 
 def _extensions() -> list:
@@ -106,10 +189,13 @@ def _extensions() -> list:
 packages = find_packages(where=".", include=["supermix_ext", "supermix_ext.*"])
 packages += find_packages(where="python", include=["supermix", "supermix.*"])
 
-setup(
-    packages=packages,
-    package_dir={"supermix": "python/supermix"},
-    package_data={"supermix": ["assets/*"]},
-    ext_modules=_extensions(),
-    cmdclass={"build_ext": BuildExtension},
-)
+if __name__ == "__main__":  # pip / build run this file as __main__; the tests import its functions
+    setup(
+        packages=packages,
+        package_dir={"supermix": "python/supermix"},
+        package_data={"supermix": ["assets/*"]},
+        # pyproject.toml declares dependencies dynamic: the torch pin is computed here.
+        install_requires=[_torch_requirement(), "torchvision", "numpy", "safetensors", "tqdm", "matplotlib"],
+        ext_modules=_extensions(),
+        cmdclass={"build_ext": BuildExtensionWithInfo},
+    )

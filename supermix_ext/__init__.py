@@ -7,8 +7,12 @@ The package imports wherever the compiled library was not built; ``auto`` then u
 reference and warns once. ``deterministic=True`` / ``set_deterministic`` /
 ``deterministic_mode()`` make the GPU backward bit-reproducible (see ``supermix_ext.ops``).
 """
-from supermix_ext import reference
-from supermix_ext.ops import (
+from supermix_ext._version_check import check_torch_version as _check_torch_version
+
+_check_torch_version()  # before _C is loaded: refuse a _C built against another torch minor version
+
+from supermix_ext import reference  # noqa: E402
+from supermix_ext.ops import (  # noqa: E402
     BACKENDS,
     backend_info,
     deterministic_enabled,
