@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -417,3 +418,169 @@ def test_result_helpers():
     assert replace(result, full_masks=full).masks() is full
     with pytest.raises(ValueError, match="neither mask_logits nor full_masks"):
         replace(result, mask_logits=None).masks()
+
+
+# ------------------------------------------------------------------- argument checking ----
+class OutputTeacher(nn.Module):
+    """Returns a fixed object, whatever the input."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def forward(self, x):
+        return self.make(x)
+
+
+def _images(**changes):
+    return changes.get("images", tiny_images())
+
+
+BAD_ARGUMENTS = [
+    (dict(teacher=5), TypeError, "solve: teacher must be an nn.Module or callable, got int"),
+    (dict(images=[1.0]), ValueError, "solve: images must be a tensor [N,C,H,W], got list"),
+    (dict(images=torch.zeros(8, 8, 8)), ValueError, "solve: images must be a tensor [N,C,H,W], got [8, 8, 8]"),
+    (dict(images=torch.zeros(8, 1, 8, 8, dtype=torch.long)), TypeError,
+     "solve: images must be floating point, got torch.int64"),
+    (dict(method="adam"), ValueError,
+     "solve: method must be one of ('margin_gd', 'newton_sp', 'newton', 'sgd'), got 'adam'"),
+    (dict(k=1), ValueError, "solve: k must be an int >= 2, got 1"),
+    (dict(k=2.0), ValueError, "solve: k must be an int >= 2, got 2.0"),
+    (dict(k=9), ValueError, "solve: k=9 sources need a batch of at least k images, got N=8"),
+    (dict(alpha=0.0), ValueError, "solve: alpha must be a finite number > 0, got 0.0"),
+    (dict(alpha=float("inf")), ValueError, "solve: alpha must be a finite number > 0, got inf"),
+    (dict(alpha="3"), ValueError, "solve: alpha must be a finite number > 0, got '3'"),
+    (dict(lambda_s=-1.0), ValueError, "solve: lambda_s must be a finite number >= 0, got -1.0"),
+    (dict(lambda_s=float("nan")), ValueError, "solve: lambda_s must be a finite number >= 0, got nan"),
+    (dict(lambda_tv=-0.5), ValueError, "solve: lambda_tv must be a finite number >= 0, got -0.5"),
+    (dict(sigma=-1), ValueError, "solve: sigma must be a finite number >= 0, got -1"),
+    (dict(lr=0.0), ValueError, "solve: lr must be a finite number > 0, got 0.0"),
+    (dict(max_iters=-1), ValueError, "solve: max_iters must be an int >= 0, got -1"),
+    (dict(max_iters=2.0), ValueError, "solve: max_iters must be an int >= 0, got 2.0"),
+    (dict(max_iters=2, min_iters=3), ValueError, "solve: min_iters must be an int in [0, max_iters=2], got 3"),
+    (dict(min_iters=-1), ValueError, "solve: min_iters must be an int in [0, max_iters=50], got -1"),
+    (dict(min_iters=1.0), ValueError, "solve: min_iters must be an int in [0, max_iters=50], got 1.0"),
+    (dict(mask_size=9), ValueError, "solve: mask_size must be between 1x1 and the image size 8x8, got 9x9"),
+    (dict(mask_size=(0, 4)), ValueError, "solve: mask_size must be between 1x1 and the image size 8x8, got 0x4"),
+    (dict(mask_size=(4, 0)), ValueError, "solve: mask_size must be between 1x1 and the image size 8x8, got 4x0"),
+    (dict(mask_size=(4, 9)), ValueError, "solve: mask_size must be between 1x1 and the image size 8x8, got 4x9"),
+    (dict(mask_size=(9, 4)), ValueError, "solve: mask_size must be between 1x1 and the image size 8x8, got 9x4"),
+    (dict(images=tiny_images().index_fill(0, torch.tensor([5]), float("inf"))), ValueError,
+     "solve: images must be finite, got NaN or infinite values"),
+    (dict(teacher=OutputTeacher(lambda x: torch.zeros(x.shape[0], 1))), ValueError,
+     "solve: teacher must map [N,C,H,W] to logits [N, classes>=2]; for N=8 it returned [8, 1]"),
+    (dict(teacher=OutputTeacher(lambda x: torch.zeros(x.shape[0] - 1, 6))), ValueError,
+     "solve: teacher must map [N,C,H,W] to logits [N, classes>=2]; for N=8 it returned [7, 6]"),
+    (dict(teacher=OutputTeacher(lambda x: torch.zeros(x.shape[0]))), ValueError,
+     "solve: teacher must map [N,C,H,W] to logits [N, classes>=2]; for N=8 it returned [8]"),
+    pytest.param(dict(teacher=OutputTeacher(lambda x: (torch.zeros(x.shape[0], 6),))), ValueError,
+                 "solve: teacher must map [N,C,H,W] to logits [N, classes>=2]; for N=8 it returned tuple",
+                 marks=pytest.mark.xfail(strict=True, raises=AttributeError,
+                                         reason="solver bug: _teacher_logits calls .float() on the teacher's "
+                                                "output before _check_teacher_output can name a non-tensor")),
+    (dict(sources=torch.zeros(8, 3, dtype=torch.long)), ValueError,
+     "solve: sources must have shape [N=8, k=2], got [8, 3]"),
+    (dict(teacher=OutputTeacher(lambda x: torch.zeros(x.shape[0], 6).index_fill(0, torch.tensor([3, 5]), float("nan")))),
+     FloatingPointError,
+     "solve: the teacher returned non-finite logits (NaN or inf) on 2 of 8 source images (first at row 3); "
+     "check the teacher's weights and the input normalisation"),
+]
+
+
+@pytest.mark.parametrize("changes,error,message", BAD_ARGUMENTS,
+                         ids=[f"{i:02d}" for i in range(len(BAD_ARGUMENTS))])
+def test_bad_arguments_give_their_exact_message(changes, error, message):
+    changes = dict(changes)
+    teacher = changes.pop("teacher", TinyTeacher())
+    images = changes.pop("images", tiny_images())
+    with pytest.raises(error, match="^" + re.escape(message) + "$"):
+        supermix.solve(teacher, images, mask_size=changes.pop("mask_size", GRID), **changes)
+
+
+@pytest.mark.parametrize("changes", [dict(k=N), dict(mask_size=(1, 1)), dict(mask_size=SIZE), dict(mask_size=(1, 8)),
+                                     dict(lambda_s=0.0, lambda_tv=0.0, sigma=0.0), dict(max_iters=0),
+                                     dict(max_iters=2, min_iters=2), dict(alpha=1e-3)])
+def test_boundary_arguments_are_accepted(changes):
+    changes = dict(changes)
+    mask_size = changes.pop("mask_size", GRID)
+    result = supermix.solve(TinyTeacher(), tiny_images(), method="sgd", mask_size=mask_size,
+                            max_iters=changes.pop("max_iters", 1), **changes)
+    assert result.mask_logits.shape[-2:] == ((mask_size, mask_size) if isinstance(mask_size, int) else mask_size)
+    assert result.sources.shape == (N, changes.get("k", 2))
+
+
+class _NaNGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class NaNGradientTeacher(TinyTeacher):
+    def forward(self, x):
+        return super().forward(_NaNGradient.apply(x))
+
+
+@pytest.mark.parametrize("method", ["sgd", "margin_gd", "newton"])
+def test_a_nan_gradient_is_named(method):
+    with pytest.raises(FloatingPointError, match="^" + re.escape(
+            f"solve: the {method} step at iteration 0 produced non-finite mask logits; the teacher's gradient is NaN "
+            "or inf") + "$"):
+        supermix.solve(NaNGradientTeacher(), tiny_images(), method=method, mask_size=GRID,
+                       generator=torch.Generator().manual_seed(3))
+
+
+class NaNOnCall(TinyTeacher):
+    """NaN logits on rows 1 and 2 from the ``call``-th call on."""
+
+    def __init__(self, call):
+        super().__init__()
+        self.call, self.calls = call, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = super().forward(x)
+        return out if self.calls < self.call else out.index_fill(0, torch.tensor([1, 2]), float("nan"))
+
+
+def test_non_finite_logits_on_mixed_images_are_named():
+    message = ("solve: the teacher returned non-finite logits (NaN or inf) on 2 of 8 mixed images at iteration 1 "
+               "(first at row 1); check the teacher's weights and the input normalisation")
+    with pytest.raises(FloatingPointError, match="^" + re.escape(message) + "$"):
+        supermix.solve(NaNOnCall(3), tiny_images(), method="sgd", mask_size=GRID, min_iters=2, max_iters=4)
+
+
+def test_masks_without_logits_or_boxes_is_an_exact_error():
+    *_, result = solve_tiny("sgd", 0)
+    from dataclasses import replace
+    with pytest.raises(ValueError, match="^this MixResult has neither mask_logits nor full_masks$"):
+        replace(result, mask_logits=None).masks()
+
+
+class RecordingTeacher(TinyTeacher):
+    """Records the memory format and autocast state of every input, on 3-channel images."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[bool, bool, torch.dtype | None]] = []
+
+    def forward(self, x):
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        autocast = torch.is_autocast_enabled("cpu")
+        self.seen.append((channels_last, autocast, torch.get_autocast_dtype("cpu") if autocast else None))
+        out = super().forward(x.mean(dim=1, keepdim=True).to(torch.float64))
+        return out.to(torch.get_autocast_dtype("cpu")) if autocast else out
+
+
+@pytest.mark.parametrize("channels_last,autocast_dtype", [(False, None), (True, None), (False, torch.bfloat16)])
+def test_channels_last_and_autocast_reach_the_teacher(channels_last, autocast_dtype):
+    teacher = RecordingTeacher()
+    images = torch.randn(N, 3, *SIZE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    result = supermix.solve(teacher, images, method="sgd", mask_size=GRID, max_iters=2, channels_last=channels_last,
+                            autocast_dtype=autocast_dtype, generator=torch.Generator().manual_seed(3))
+    assert len(teacher.seen) >= 3
+    assert set(teacher.seen) == {(channels_last, autocast_dtype is not None, autocast_dtype)}
+    assert result.probs.dtype == torch.float32
