@@ -31,6 +31,14 @@ def test_soft_cross_entropy_hand_values():
                                F.cross_entropy(z, y))
 
 
+def test_mixed_label_default_describes_the_image():
+    """Like the mixers' labels, a mixed image is labelled by what the teacher sees in it."""
+    from supermix.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--mixed", "somewhere"])
+    assert args.mixed_label == "teacher_probs"
+
+
 def test_mixed_label_choices():
     probs = torch.tensor([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
     y_hat = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.3, 0.7]])

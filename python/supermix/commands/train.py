@@ -3,8 +3,10 @@
 The paper's classification protocol (sec. 4.1): train the target model on the original data,
 generate a mixed set with it as the teacher (``supermix generate``), then train the target model
 from scratch on the union of the original images (one-hot labels) and the mixed images (soft
-labels; ``--mixed-label``: the solver's target ``y_hat`` = sum_i r_i onehot(y_i), default, or
-the teacher's softmax ``teacher_probs``, or its top class ``teacher_top1``). The loss is the
+labels; ``--mixed-label``: the teacher's softmax on the mixed image ``teacher_probs``, default,
+so the label describes the image as the mixers' labels do; or the solver's target ``y_hat`` =
+sum_i r_i onehot(y_i), which a sample that stopped early does not carry; or the teacher's top
+class ``teacher_top1``). The loss is the
 cross-entropy to these soft labels, mean over the batch. ``--randaugment mixed`` applies
 RandAugment to the mixed images after mixing ("SuperMix + RA", mix first, then RA);
 ``--randaugment all`` to every training image. Without ``--mixed`` it is plain supervised
@@ -52,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="crop size for imagefolder data (default %(default)s)")
     m = p.add_argument_group("mixed images")
     m.add_argument("--mixed", default=None, help="a set written by 'supermix generate'")
-    m.add_argument("--mixed-label", choices=MIXED_LABELS, default="y_hat",
+    m.add_argument("--mixed-label", choices=MIXED_LABELS, default="teacher_probs",
                    help="soft label of the mixed images (default %(default)s)")
     m.add_argument("--randaugment", choices=("none", "mixed", "all"), default="none",
                    help="RandAugment on the mixed images (after mixing) or on all images "
@@ -80,7 +82,8 @@ def _run(args, info: DistInfo) -> int:
         generated = load_mixed_set(args.mixed, limit=args.limit_mixed)
         tr.check_generated(generated, data, data.num_classes)
 
-    out = tr.check_out(Path(args.out or f"runs/train-{args.arch}-{data.name}"), args.resume)
+    out = tr.check_out(Path(args.out or f"runs/train-{args.arch}-{data.name}"), args.resume,
+                       info)
     device = info.device
     batch_format = memory_format(args.channels_last)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..losses import soft_target_cross_entropy
 from ..mixed_set import GeneratedSet
 
 __all__ = [
@@ -81,12 +82,9 @@ def distill_objective(w: DistillWeights, student_real: torch.Tensor, labels: tor
 MIXED_LABELS = ("y_hat", "teacher_probs", "teacher_top1")
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``-sum_c targets_c * log_softmax(logits)_c``, mean over the batch.
-
-    logits: [B,n]; targets: [B,n] float rows summing to 1 (one-hot for real images).
-    """
-    return -(targets.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+# The trainers' soft-label loss is the one the mixers' users get: -sum_c t_c log_softmax(z)_c,
+# mean over the batch (one-hot rows for real images).
+soft_cross_entropy = soft_target_cross_entropy
 
 
 def mixed_targets(generated: GeneratedSet, label: str) -> torch.Tensor:
