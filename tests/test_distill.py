@@ -206,14 +206,27 @@ def test_torchrun_two_processes_match_one(assets, tmp_path):
 # --------------------------------------------------------------------------------- errors ----
 @pytest.fixture(scope="module")
 def foreign_set(assets):
-    """A generated set whose manifest says it was made from CIFAR-10."""
+    """A generated set whose manifest and shard headers say it was made from CIFAR-10."""
+    import hashlib
     import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save
 
     path = assets["root"] / "foreign"
     shutil.copytree(assets["mixed"], path)
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["data"]["spec"] = "cifar10:/data/cifar"
     manifest["config"]["data"] = "cifar10:/data/cifar"
+    for entry in manifest["shards"]:
+        shard = path / entry["file"]
+        with safe_open(str(shard), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            info = json.loads(f.metadata()["supermix"])
+        info["config"] = manifest["config"]
+        blob = save(tensors, metadata={"supermix": json.dumps(info, sort_keys=True)})
+        shard.write_bytes(blob)
+        entry["sha256"] = hashlib.sha256(blob).hexdigest()
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
 

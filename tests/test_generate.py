@@ -311,7 +311,7 @@ def _bad_teachers(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("case,expected", [
     ("missing_teacher", "no file at"),
-    ("garbage_teacher", "is corrupt"),
+    ("garbage_teacher", "is not a torch checkpoint"),
     ("channels", "3-channel images"),
     ("classes", "100 classes"),
     ("unwritable_out", "cannot write to"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,13 @@ from torch import nn
 from .errors import MissingFileError, UsageError
 
 __all__ = [
+    "WriteError",
     "atomic_save",
     "atomic_write_bytes",
     "atomic_write_text",
     "save_checkpoint",
     "load_checkpoint",
+    "CheckpointError",
     "sha256_file",
     "REQUIRED_CONFIG",
 ]
@@ -42,8 +44,29 @@ def _umask() -> int:
     return mask
 
 
+class WriteError(OSError):
+    """An ``OSError`` (disk full, permission, read-only file system) while writing ``path``,
+    whose message names the file: ``cannot write PATH: No space left on device``."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or str(cause), os.fspath(path))
+        self.message = f"cannot write {os.fspath(path)}: {cause.strerror or cause}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def _atomic_write(path: str | os.PathLike, write) -> Path:
     path = Path(path)
+    try:
+        return _atomic_write_to(path, write)
+    except WriteError:
+        raise
+    except OSError as e:  # the temporary file is gone; the target is untouched
+        raise WriteError(path, e) from e
+
+
+def _atomic_write_to(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -64,8 +87,14 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temporary file in its folder, then rename)."""
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save(obj)`` to ``path`` atomically (temporary file in its folder, then rename).
+    Serialised in memory first, so a full disk is an ``OSError`` (:class:`WriteError`), not
+    torch's stream-writer error."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return _atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
@@ -97,11 +126,76 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict, **e
     return atomic_save({"state_dict": state, "config": dict(config), **extra}, path)
 
 
+class CheckpointError(MissingFileError):
+    """A checkpoint file that cannot be used: pickled code, not a torch checkpoint, or the
+    wrong structure. One line on the command line (a :class:`UsageError`), exit 2."""
+
+
+_BLOCKED_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)")
+_BAD_OPCODE = re.compile(r"Unsupported operand (\d+)")
+
+
+def _load_error(path: Path, e: Exception) -> CheckpointError:
+    """One line saying why ``torch.load(weights_only=True)`` refused a file (never torch's
+    advice to load it with ``weights_only=False``)."""
+    text = str(e)
+    blocked = _BLOCKED_GLOBAL.search(text)
+    if blocked:
+        return CheckpointError(
+            f"checkpoint: {path} holds pickled code (the global {blocked.group(1)}), which "
+            f"torch.load(weights_only=True) blocks; it was not run. A supermix checkpoint holds "
+            f"only tensors, numbers, strings and plain containers")
+    opcode = _BAD_OPCODE.search(text)
+    if opcode:
+        detail = f"unpickling stopped at opcode {opcode.group(1)}"
+    elif isinstance(e, EOFError) or not text:
+        detail = f"{type(e).__name__}: the file ends early or is empty"
+    else:
+        detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        detail = f"{type(e).__name__}: {detail[:160]}"
+    return CheckpointError(f"checkpoint: {path} is not a torch checkpoint (corrupt, truncated "
+                           f"or another kind of file; {detail})")
+
+
+def _check_structure(path: Path, ckpt: Any) -> None:
+    def wrong(what: str):
+        raise CheckpointError(f"checkpoint: {path}: wrong structure: {what}")
+
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
+        got = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        wrong(f"expected a dict with 'state_dict' and 'config', got {got}")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict):
+        wrong(f"'state_dict' is a {type(state).__name__}, expected a dict of tensors")
+    bad = next((k for k, v in state.items()
+                if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        wrong(f"'state_dict' entry {bad!r} is a {type(state[bad]).__name__}, expected a tensor")
+    config = ckpt["config"]
+    if not isinstance(config, dict):
+        wrong(f"'config' is a {type(config).__name__}, expected a dict")
+    missing = [k for k in REQUIRED_CONFIG if k not in config]
+    if missing:
+        wrong(f"'config' lacks {missing}")
+    if not isinstance(config["arch"], str):
+        wrong(f"config arch is {config['arch']!r}, expected a model name")
+    for key, low in (("num_classes", 1), ("in_channels", 1)):
+        value = config[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            wrong(f"config {key} is {value!r} ({type(value).__name__}), expected an integer "
+                  f">= {low}")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Read a checkpoint dict with ``torch.load(weights_only=True)``.
+    """Read a checkpoint dict with ``torch.load(weights_only=True)`` and check its structure
+    (``state_dict`` a dict of tensors; ``config`` a dict with ``arch``, integer ``num_classes``
+    and ``in_channels``).
 
     Raises:
-        MissingFileError: the file is missing, unreadable, truncated or not a checkpoint.
+        MissingFileError: the file is missing or unreadable.
+        CheckpointError: (a MissingFileError) pickled code (the blocked global is named), not
+            a torch checkpoint (random bytes, truncated, another format), or the wrong
+            structure.
     """
     path = Path(path)
     if not path.is_file():
@@ -109,29 +203,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError as e:
-        raise MissingFileError(f"checkpoint: cannot read {path}: {e}") from e
-    except pickle.UnpicklingError as e:
-        lines = str(e).splitlines() or [""]
-        detail = next((line.strip() for line in lines if "WeightsUnpickler error" in line),
-                      lines[0])
-        if "Unsupported global" in detail:
-            detail = detail.split(" was not an allowed")[0].replace("WeightsUnpickler error: ", "")
-            raise MissingFileError(
-                f"checkpoint: {path} holds Python objects that torch.load(weights_only=True) "
-                f"refuses ({detail}); only tensors, numbers, strings and plain containers "
-                f"are allowed") from e
-        raise MissingFileError(f"checkpoint: {path} is corrupt ({detail})") from e
-    except Exception as e:  # noqa: BLE001 -- zip, EOF and format errors all mean "corrupt"
-        raise MissingFileError(
-            f"checkpoint: {path} is corrupt or not a torch.save file "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
-        got = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise MissingFileError(f"checkpoint: {path}: expected a dict with 'state_dict' and "
-                               f"'config', got {got}")
+        raise MissingFileError(f"checkpoint: cannot read {path}: {e.strerror or e}") from e
+    except Exception as e:  # noqa: BLE001 -- unpickling, zip, EOF and format errors
+        raise _load_error(path, e) from e
+    _check_structure(path, ckpt)
     return ckpt
-
-
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

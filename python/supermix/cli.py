@@ -5,7 +5,9 @@ its arguments and ``set_defaults(func=run)``) and ``run(args) -> int``. To add a
 its module name to :data:`COMMAND_MODULES`.
 
 Bad arguments never show a traceback: argparse errors and :class:`supermix.errors.UsageError`
-(raised anywhere under ``run``) print one line, ``supermix: error: ...``, and exit with status 2.
+(raised anywhere under ``run``) print one line, ``supermix: error: ...``, and exit with status 2;
+so does a ``FloatingPointError`` (a teacher or solver gone NaN/inf). An ``OSError`` (disk full,
+permission) prints one line naming the file and exits with status 1.
 """
 from __future__ import annotations
 
@@ -47,6 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _os_error(e: OSError) -> str:
+    """``cannot write PATH: reason`` (:class:`supermix.checkpoint.WriteError`) or
+    ``reason: PATH`` for any other OSError."""
+    from .checkpoint import WriteError
+
+    if isinstance(e, WriteError) or not e.filename:
+        return _one_line(e)
+    where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    return f"{e.strerror or type(e).__name__}: {where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the chosen command, return its status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -58,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a NaN/inf teacher or solver state: nothing was written
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permission, I/O: one line naming the file, no traceback
+        print(f"{PROG}: error: {_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -50,6 +50,7 @@ __all__ = [
     "read_idx",
     "load_fashion_mnist",
     "parse_spec",
+    "resolved_spec",
     "build_dataset",
     "load_uint8",
     "load_tensors",
@@ -131,6 +132,20 @@ def parse_spec(spec: str, root: str | os.PathLike | None = None) -> tuple[str, s
             f"data spec: {canonical!r} needs a folder, e.g. '{canonical}:/path/to/data' "
             f"(or --data-root), got {spec!r}")
     return canonical, chosen
+
+
+def resolved_spec(spec: str, root: str | os.PathLike | None = None) -> str:
+    """``name:folder`` with the folder resolved (symlinks, ``..``), and plain ``name`` for
+    Fashion-MNIST's default folder, so two specs of the same files compare equal:
+    ``fashion-mnist`` and ``fashion-mnist:/usr/share/datasets/fashion-mnist`` both give
+    ``fashion-mnist``."""
+    name, folder = parse_spec(spec, root)
+    if folder is None:
+        return name
+    folder = os.path.realpath(os.fspath(folder))
+    if name == "fashion-mnist" and folder == os.path.realpath(DEFAULT_FASHION_MNIST_ROOT):
+        return name
+    return f"{name}:{folder}"
 
 
 def num_classes(spec: str, root: str | os.PathLike | None = None) -> int:

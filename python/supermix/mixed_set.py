@@ -18,8 +18,10 @@ Files in a set's folder (DESIGN.md, "Files and formats"):
     ``teacher_probs``  [n,classes] float32 teacher softmax on the (float) mixed image;
     ``mask_logits``    [n,k,h,w] float32 (SuperMix only; absent for the blind mixers);
     ``iters``          [n] int64 solver iterations; ``success`` [n] bool.
-    The safetensors header metadata holds the shard number, its counts and the settings, and no
-    timing, so that a shard's bytes (and its sha256) depend on nothing but the settings.
+    The safetensors header metadata holds the shard number, its counts, the settings (seed
+    included) and ``data_sha256``, the sha256 of the tensor bytes after the header, and no
+    timing, so that a shard's bytes (and its sha256) depend on nothing but the settings, and a
+    shard can be checked without the manifest (:func:`check_shard_data`).
 ``manifest.json``
     settings (every argument, the preset and its values), seed, data spec and size, teacher path
     and sha256, the shard list (file, count, sha256, statistics) and the totals: generated,
@@ -31,8 +33,15 @@ Every file is written to a temporary file in the same folder and ``os.replace``d
 process killed at any moment (``kill -9``) leaves finished files or none. A rerun with the same
 command verifies the finished shards (sha256 against the manifest; a shard missing from the
 manifest because the run died between the two writes is accepted from its header), deletes the
-temporary files and generates only the missing shards. A manifest or shard written with other
-settings is an error naming the differing keys, unless ``overwrite``.
+temporary files and generates only the missing shards (a shard the manifest does not list is
+kept only if its bytes match its own header's ``data_sha256``). A manifest or shard written with
+other settings is an error naming the differing keys, unless ``overwrite``.
+
+Readers check the manifest against the shards (:func:`check_manifest`, always: required keys,
+shard numbers 0..n-1 each once, file names, counts against the settings' quotas and the total;
+with ``verify``: every shard's sha256, and its header's number, count, rows and settings), so a
+dropped, duplicated or edited entry is a one-line :class:`ManifestError`, never fewer samples
+or an ``IndexError``.
 """
 from __future__ import annotations
 
@@ -77,6 +86,9 @@ __all__ = [
     "finished_shards",
     "totals",
     "CorruptShardError",
+    "ManifestError",
+    "check_shard_data",
+    "check_manifest",
     "verify_mixed_set",
     "MixedDataset",
     "GeneratedSet",
@@ -176,6 +188,9 @@ def write_shard(out_dir: Path, j: int, tensors: dict[str, torch.Tensor], stats: 
     from safetensors.torch import save
 
     info = shard_info(j, tensors["mixed"].shape[0], stats, identity)
+    # The tensor bytes do not depend on the metadata: hash them, then write the hash with it.
+    info["data_sha256"] = hashlib.sha256(
+        _data_section(save(tensors, metadata=_header_metadata(info)))).hexdigest()
     blob = save(tensors, metadata=_header_metadata(info))
     path = out_dir / shard_name(j)
     atomic_write_bytes(blob, path)
@@ -188,19 +203,45 @@ def write_manifest(out_dir: Path, manifest: dict) -> None:
 
 
 
+def _data_section(blob: bytes) -> bytes:
+    """The tensor bytes of a safetensors blob (after the 8-byte length and the JSON header)."""
+    return blob[8 + int.from_bytes(blob[:8], "little"):]
+
+
 def read_shard_info(path: Path) -> dict | None:
-    """The header record of a finished shard, or None if it is not a readable shard."""
+    """The header record of a finished shard, or None if it is not a readable shard (or its
+    tensors do not all hold the header's ``count`` rows)."""
     from safetensors import safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            keys = set(f.keys())
+            rows = {k: (f.get_slice(k).get_shape() or [None])[0] for k in f.keys()}
         info = json.loads(meta["supermix"])
     except Exception:  # noqa: BLE001 -- any parse error means "not a finished shard"
         return None
-    if not isinstance(info, dict) or info.get("format") != FORMAT or "mixed" not in keys:
+    if not isinstance(info, dict) or info.get("format") != FORMAT or "mixed" not in rows:
+        return None
+    if not isinstance(info.get("count"), int) or not isinstance(info.get("shard"), int) or \
+            any(n != info["count"] for n in rows.values()):
         return None
     return info
+
+
+def check_shard_data(path: Path, info: dict) -> str | None:
+    """What is wrong with a shard's tensor bytes against its own header's ``data_sha256``
+    (None: nothing): the check that needs no manifest."""
+    expected = info.get("data_sha256")
+    if not isinstance(expected, str):
+        return "its header records no data_sha256"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(8 + int.from_bytes(f.read(8), "little"))
+        while block := f.read(1 << 20):
+            h.update(block)
+    got = h.hexdigest()
+    if got != expected:
+        return f"its data sha256 {got[:16]}... differs from its header's {expected[:16]}..."
+    return None
 
 
 def write_pngs(out_dir: Path, first: int, mixed: torch.Tensor) -> None:
@@ -252,7 +293,10 @@ def remove_set(out_dir: Path) -> None:
 def finished_shards(out_dir: Path, manifest: dict | None, identity: dict, quotas: list[int],
                      mine: list[int], overwrite_hint: str) -> tuple[dict[int, dict], list[str]]:
     """Shards of ``mine`` already on disk and valid, as manifest entries; plus warnings."""
-    listed = {int(e["shard"]): e for e in (manifest or {}).get("shards", [])}
+    # Entries are trusted only for their sha256 and timing; a malformed one counts as unlisted.
+    listed = {e["shard"]: e for e in (manifest or {}).get("shards", []) or []
+              if isinstance(e, dict) and isinstance(e.get("shard"), int)
+              and isinstance(e.get("sha256"), str)}
     done: dict[int, dict] = {}
     warnings: list[str] = []
     for j in mine:
@@ -274,6 +318,12 @@ def finished_shards(out_dir: Path, manifest: dict | None, identity: dict, quotas
         if entry is not None and entry.get("sha256") != sha:
             warnings.append(f"{path.name}: sha256 differs from the manifest, generating it again")
             continue
+        if entry is None:  # no manifest to vouch for it: its own header must
+            problem = check_shard_data(path, info)
+            if problem is not None:
+                warnings.append(f"{path.name}: not in the manifest and {problem}; generating "
+                                f"it again")
+                continue
         if int(info["count"]) != quotas[j] or int(info["shard"]) != j:
             warnings.append(f"{path.name}: holds {info['count']} samples of shard "
                             f"{info['shard']}, expected {quotas[j]} of shard {j}; "
@@ -313,17 +363,131 @@ class CorruptShardError(UsageError):
     """A shard of a generated set is missing or its bytes differ from the manifest's sha256."""
 
 
-def verify_mixed_set(root: str | os.PathLike, manifest: dict | None = None) -> int:
-    """Check every shard listed in the manifest against its sha256; returns the shard count.
+class ManifestError(CorruptShardError):
+    """The manifest of a generated set is malformed or disagrees with its shards."""
+
+
+_ENTRY_KEYS = {"file": str, "shard": int, "count": int, "sha256": str}
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_manifest(root: str | os.PathLike, manifest: dict) -> list[dict]:
+    """Check the manifest against itself and the settings it records, without opening a
+    shard: the keys a reader needs, each entry's file name ``shard-<number>``, shard numbers
+    0..shard_count-1 each once (of a finished set; an unfinished one: each at most once), the
+    counts against the quotas of ``size`` and ``shard_size`` and the totals. Returns the
+    entries.
 
     Raises:
-        CorruptShardError: naming the first missing or corrupt shard file.
+        ManifestError: naming the entry and what is wrong.
+    """
+    where = f"generated set {root}: {MANIFEST}"
+
+    def fail(message: str):
+        raise ManifestError(f"{where}: {message}; regenerate the set (or restore its manifest)")
+
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        fail("lacks the 'shards' list")
+    data = manifest.get("data")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("mean", "std")):
+        fail("lacks 'data' with 'mean' and 'std'")
+    for i, entry in enumerate(shards):
+        if not isinstance(entry, dict):
+            fail(f"entry {i} is not an object")
+        for key, kind in _ENTRY_KEYS.items():
+            if key not in entry:
+                fail(f"entry {i} lacks {key!r}")
+            if not isinstance(entry[key], kind) or isinstance(entry[key], bool):
+                fail(f"entry {i} has {key}={entry[key]!r}, expected {kind.__name__}")
+        if entry["file"] != shard_name(entry["shard"]):
+            fail(f"entry {i} names file {entry['file']!r} for shard {entry['shard']}")
+        if entry["count"] < 0:
+            fail(f"entry {i} has count {entry['count']}")
+    numbers = [e["shard"] for e in shards]
+    twice = sorted({n for n in numbers if numbers.count(n) > 1})
+    if twice:
+        fail(f"lists shard {twice[0]} more than once")
+    if numbers != sorted(numbers):
+        fail(f"lists the shards out of order ({numbers[:8]}...)")
+    shard_count = manifest.get("shard_count")
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    size, shard_size = config.get("size"), config.get("shard_size")
+    quotas = None
+    if _int(size) and _int(shard_size) and shard_size > 0:
+        quotas = [min(shard_size, size - j * shard_size) for j in range(-(-size // shard_size))]
+        if shard_count is not None and shard_count != len(quotas):
+            fail(f"says shard_count {shard_count!r}, but size {size} in shards of {shard_size} "
+                 f"makes {len(quotas)}")
+        shard_count = len(quotas)
+    if manifest.get("complete"):
+        if not _int(shard_count):
+            fail("lacks 'shard_count'")
+        missing = sorted(set(range(shard_count)) - set(numbers))
+        if missing:
+            fail(f"is marked complete but does not list shard {missing[0]} "
+                 f"({len(shards)} of {shard_count} shards)")
+    if _int(shard_count):
+        extra = [n for n in numbers if not 0 <= n < shard_count]
+        if extra:
+            fail(f"lists shard {extra[0]}, beyond its {shard_count} shards")
+    if quotas is not None:
+        for e in shards:
+            if e["count"] != quotas[e["shard"]]:
+                fail(f"says shard {e['shard']} holds {e['count']} samples, but the settings "
+                     f"give it {quotas[e['shard']]}")
+    kept = (manifest.get("totals") or {}).get("kept") if isinstance(manifest.get("totals"),
+                                                                     dict) else None
+    total = sum(e["count"] for e in shards)
+    if kept is not None and manifest.get("complete") and kept != total:
+        fail(f"totals say {kept} samples, the shards {total}")
+    if quotas is not None and manifest.get("complete") and total != size:
+        fail(f"lists {total} samples, the settings {size}")
+    return shards
+
+
+def _check_shard_header(root: Path, entry: dict, config: dict | None) -> None:
+    """A shard's own header agrees with its manifest entry (number, count, rows, settings, and
+    its tensor bytes with its data_sha256)."""
+    path = root / entry["file"]
+    info = read_shard_info(path)
+    name = f"generated set {root}: shard {entry['file']}"
+    if info is None:
+        raise CorruptShardError(f"{name} is not a readable supermix shard (or its tensors do "
+                                f"not hold the rows its header says)")
+    if info["shard"] != entry["shard"] or info["count"] != entry["count"]:
+        raise CorruptShardError(
+            f"{name} holds {info['count']} samples of shard {info['shard']}, the manifest says "
+            f"{entry['count']} of shard {entry['shard']}")
+    if config is not None and info.get("config") != config:
+        keys = differing_keys(info.get("config") or {}, config)
+        raise CorruptShardError(f"{name} was generated with other settings than the manifest's: "
+                                f"{', '.join(keys[:5])}")
+    if "data_sha256" in info:
+        problem = check_shard_data(path, info)
+        if problem is not None:
+            raise CorruptShardError(f"{name} is corrupt: {problem}")
+
+
+def verify_mixed_set(root: str | os.PathLike, manifest: dict | None = None) -> int:
+    """Check the manifest (:func:`check_manifest`) and every shard it lists: its sha256
+    against the manifest's, its header against the entry and the manifest's settings. Returns
+    the shard count.
+
+    Raises:
+        ManifestError: a malformed manifest or one that disagrees with its settings.
+        CorruptShardError: naming the first missing, corrupt or mismatched shard file.
     """
     root = Path(root)
     manifest = manifest if manifest is not None else read_manifest(root)
     if manifest is None:
         raise MissingFileError(f"generated set: no {MANIFEST} in {root}")
-    for entry in manifest["shards"]:
+    entries = check_manifest(root, manifest)
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else None
+    for entry in entries:
         path = root / entry["file"]
         if not path.is_file():
             raise CorruptShardError(f"generated set {root}: shard {entry['file']} is missing")
@@ -332,7 +496,8 @@ def verify_mixed_set(root: str | os.PathLike, manifest: dict | None = None) -> i
             raise CorruptShardError(
                 f"generated set {root}: shard {entry['file']} is corrupt "
                 f"(sha256 {got[:16]}..., manifest says {entry['sha256'][:16]}...)")
-    return len(manifest["shards"])
+        _check_shard_header(root, entry, config)
+    return len(entries)
 
 
 class MixedDataset(Dataset):
@@ -354,7 +519,9 @@ class MixedDataset(Dataset):
     Raises:
         MissingFileError: no manifest in ``root``.
         UsageError: the set is incomplete (and ``allow_incomplete`` is False), bad ``label``.
-        CorruptShardError: with ``verify``, a missing or corrupt shard (named).
+        ManifestError: the manifest is malformed or disagrees with its settings (always
+            checked: a dropped, duplicated or edited entry is named).
+        CorruptShardError: with ``verify``, a missing, corrupt or mismatched shard (named).
     """
 
     def __init__(self, root: str | os.PathLike, verify: bool = True, label: str = "teacher_probs",
@@ -368,8 +535,9 @@ class MixedDataset(Dataset):
         if not manifest.get("complete") and not allow_incomplete:
             raise UsageError(
                 f"generated set {self.root}: generation has not finished "
-                f"({len(manifest['shards'])} of {manifest.get('shard_count')} shards); rerun the "
-                f"same 'supermix generate' command to finish it")
+                f"({len(manifest.get('shards') or [])} of {manifest.get('shard_count')} shards); "
+                f"rerun the same 'supermix generate' command to finish it")
+        check_manifest(self.root, manifest)
         self.manifest = manifest
         self.label = label
         self.normalize = normalize

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
+import fcntl
 import hashlib
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,11 @@ from .errors import UsageError
 __all__ = [
     "resolve_device",
     "set_threads",
+    "LOCK_NAME",
+    "OutputBusyError",
+    "OutputLock",
+    "lock_output",
+    "lock_output_for",
     "DistInfo",
     "init_distributed",
     "shutdown_distributed",
@@ -75,6 +84,8 @@ class DistInfo:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     initialised_here: bool = False
+    # Output locks this process holds (see lock_output_for); shutdown_distributed releases them.
+    locks: list = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -130,7 +141,10 @@ def init_distributed(device_name: str | torch.device | None = "auto",
 
 
 def shutdown_distributed(info: DistInfo) -> None:
-    """Leave the process group that :func:`init_distributed` joined (if it did)."""
+    """Release the output locks ``info`` holds and leave the process group that
+    :func:`init_distributed` joined (if it did)."""
+    while info.locks:
+        info.locks.pop().release()
     if info.initialised_here:
         import torch.distributed as dist
 
@@ -140,6 +154,120 @@ def shutdown_distributed(info: DistInfo) -> None:
             if sys.exc_info()[0] is None:
                 dist.barrier()
             dist.destroy_process_group()
+
+
+LOCK_NAME = ".supermix.lock"
+
+
+class OutputBusyError(UsageError):
+    """Another process is writing to the same output folder."""
+
+
+class OutputLock:
+    """An exclusive ``fcntl.flock`` on ``<folder>/.supermix.lock``, which holds the holder's pid.
+
+    The kernel drops the lock when its holder exits, however it exits (``kill -9`` too), so a
+    lock file left by a killed run is taken over by the next one (``stale_pid``: the pid it
+    named). :meth:`release` removes the file while still holding the lock; a process that
+    opened the file before that notices (another inode under the name) and opens it again.
+    """
+
+    def __init__(self, path: Path, fd: int, stale_pid: int | None):
+        self.path, self.fd, self.stale_pid = path, fd, stale_pid
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> "OutputLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def lock_output(folder: str | os.PathLike, flag: str = "--out") -> OutputLock:
+    """Take the exclusive lock of an output folder (created if missing), without waiting.
+
+    Raises:
+        OutputBusyError: another process holds it (its pid is named).
+        UsageError: the folder cannot be created or written.
+    """
+    folder = Path(folder)
+    path = folder / LOCK_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                holder = None
+                for _ in range(20):  # the holder writes its pid just after taking the lock
+                    holder = _read_pid(fd)
+                    if holder is not None:
+                        break
+                    time.sleep(0.01)
+                os.close(fd)
+                raise OutputBusyError(
+                    f"{flag}: {folder} is in use by another supermix process "
+                    f"(pid {holder if holder is not None else 'unknown'}, lock file {path}); "
+                    f"wait for it to finish or choose another {flag}") from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # released (and removed) between our open and our lock: again
+                os.close(fd)
+                continue
+            stale = _read_pid(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return OutputLock(path, fd, stale if stale != os.getpid() else None)
+        raise OutputBusyError(f"{flag}: could not take the lock {path}")
+    except OSError as e:
+        raise UsageError(f"{flag}: cannot lock {folder}: {e.strerror or e}") from e
+
+
+def lock_output_for(info: DistInfo, folder: str | os.PathLike, flag: str = "--out"
+                    ) -> OutputLock | None:
+    """Lock ``folder`` for this job until :func:`shutdown_distributed`: in one process, that
+    process; under torchrun, rank 0 alone (the rank that writes the shared files: manifest,
+    checkpoint, log; the other ranks write only under its lock), and every rank raises when
+    the folder is busy. Returns the lock on the rank that holds it.
+
+    Raises:
+        OutputBusyError: another process holds the lock (its pid is named).
+    """
+    lock, error = None, None
+    if info.is_main:
+        try:
+            lock = lock_output(folder, flag)
+            info.locks.append(lock)
+        except UsageError as e:
+            if not info.distributed:
+                raise
+            error = str(e)
+    if info.distributed:
+        error = info.gather(error)[0]
+        if error is not None:
+            raise OutputBusyError(error)
+    return lock
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

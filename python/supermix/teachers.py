@@ -139,7 +139,7 @@ def check_teacher_runs(teacher: nn.Module, x: torch.Tensor, num_classes: int, pa
     """Run the teacher on a batch ``x`` [b,C,H,W]; it must return logits [b, num_classes].
 
     Raises:
-        UsageError: the network refuses the images or returns another shape.
+        UsageError: the network refuses the images, returns another shape or NaN/inf.
     """
     try:
         with torch.no_grad():
@@ -151,6 +151,9 @@ def check_teacher_runs(teacher: nn.Module, x: torch.Tensor, num_classes: int, pa
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UsageError(f"--teacher: {path} returned {got} for {x.shape[0]} images, "
                          f"expected [{x.shape[0]}, {num_classes}]")
+    if not bool(torch.isfinite(out).all()):
+        raise UsageError(f"--teacher: {path} returned non-finite logits (NaN or inf) on real "
+                         f"images; check its weights and the input normalisation")
 
 
 def describe_teacher(path: Path, teacher: nn.Module, sha256: str) -> dict:

@@ -43,6 +43,7 @@ import torch
 from .. import args as sargs
 from ..errors import UsageError
 from ..runtime import DistInfo, make_generator, memory_format
+from ..generation.settings import check_image_fit
 from ..mixed_set import load_mixed_set
 from ..teachers import check_teacher_fits, load_teacher, locate_teacher
 from .. import training as tr
@@ -168,7 +169,10 @@ def _run(args, info: DistInfo) -> int:
         generated = load_mixed_set(args.mixed, limit=args.limit_mixed)
         tr.check_generated(generated, data, t_classes)
 
-    out = tr.check_out(Path(args.out or f"runs/distill-{args.student}-{data.name}"), args.resume)
+    if args.online == "supermix":  # checked before --out is touched
+        check_image_fit({"mask_size": args.mask_size}, data.shape)
+    out = tr.check_out(Path(args.out or f"runs/distill-{args.student}-{data.name}"), args.resume,
+                       info)
     device = info.device
     batch_format = memory_format(args.channels_last)
 

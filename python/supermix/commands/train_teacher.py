@@ -36,8 +36,11 @@ __all__ = ["add_parser", "run", "lr_factor"]
 
 CARD_NAME = "card.json"
 SCHEDULES = ("cosine", "step")
-# Arguments that must match between a checkpoint and a --resume run (--epochs may grow).
-RESUME_MUST_MATCH = ("arch", "data", "as_cifar", "batch_size", "seed", "limit_train")
+# Arguments a --resume run may change besides the runtime ones (supermix.training.RUNTIME_ARGS):
+# --epochs may grow (the cosine schedule is stretched), --export names where to copy the result.
+# Every other argument (--lr, --wd, --schedule, ...) must match the checkpoint's, as for distill
+# and train.
+RESUME_MAY_CHANGE = ("epochs", "export")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -117,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args, info: DistInfo) -> int:
     data = tr.LabelledData.from_args(args, randaugment=args.randaugment)
-    out = tr.check_out(Path(args.out or f"runs/teacher-{args.arch}-{data.name}"), args.resume)
+    out = tr.check_out(Path(args.out or f"runs/teacher-{args.arch}-{data.name}"), args.resume,
+                       info)
     device = info.device
     batch_format = memory_format(args.channels_last)
 
@@ -138,7 +142,7 @@ def _run(args, info: DistInfo) -> int:
                                          labelled_images=n, epochs=args.epochs,
                                          steps_per_epoch=steps)
     if args.resume:
-        tr.try_resume(state, RESUME_MUST_MATCH)
+        tr.try_resume(state, [k for k in tr.must_match(run_args) if k not in RESUME_MAY_CHANGE])
     n_params = sum(p.numel() for p in model.parameters())
     if info.is_main:
         print(f"train-teacher: {args.arch} ({n_params / 1e6:.2f}M params) on {args.data} "

@@ -19,10 +19,11 @@ from ..mixed_set import (FORMAT, FORMAT_VERSION, MANIFEST, PNG_DIR, ShardStats, 
                          clean_temporaries, describe_diff, differing_keys, finished_shards,
                          read_manifest, remove_set, shard_name, totals, write_manifest,
                          write_pngs, write_shard)
-from ..runtime import DistInfo, init_distributed, progress, resolve_device, shutdown_distributed
+from ..runtime import (DistInfo, init_distributed, lock_output_for, progress, resolve_device,
+                       shutdown_distributed)
 from ..teachers import check_teacher_runs, describe_teacher, load_teacher_for, locate_teacher
-from .settings import IDENTITY_KEYS, GenerateSettings
-from .shards import GenerationError, generate_shard, make_mixer, shard_quotas
+from .settings import IDENTITY_KEYS, GenerateSettings, check_image_fit
+from .shards import GenerationError, check_finite, generate_shard, make_mixer, shard_quotas
 from .source import ImageSource, subset_indices
 
 __all__ = ["generate", "generate_set"]
@@ -107,9 +108,17 @@ def _generate(settings: GenerateSettings, s: dict, preset_values: dict, teacher_
     num_classes = int(teacher_model.supermix_config["num_classes"])
     check_teacher_runs(teacher_model, source.batch(torch.arange(min(2, len(source)))),
                        num_classes, teacher_path)
+    # Every setting is checked before the first byte is written (a refused run leaves --out
+    # as it found it): the mask against the images, the mixer's own checks.
+    check_image_fit(s, source.shape)
+    mixer = make_mixer(s, teacher_model, backend)
 
     check_out_dir(out)
-    data_spec = name if root is None else f"{name}:{os.path.abspath(root)}"
+    # One writer per folder: a second generate on this --out stops here, naming our pid.
+    lock = lock_output_for(world, out)
+    if lock is not None and lock.stale_pid is not None:
+        log(f"supermix generate: took over the lock of pid {lock.stale_pid}, which has exited")
+    data_spec = sdata.resolved_spec(data, data_root)  # the same files: the same spec
     identity = {
         "format": f"{FORMAT}/{FORMAT_VERSION}", "teacher_sha256": teacher_sha, "data": data_spec,
         "split": s["split"], "dataset_size": len(source), "image_shape": list(source.shape),
@@ -189,7 +198,6 @@ def _generate(settings: GenerateSettings, s: dict, preset_values: dict, teacher_
                 from safetensors.torch import load_file
                 write_pngs(out, first, load_file(out / shard_name(j))["mixed"])
     todo = [j for j in mine if j not in done]
-    mixer = make_mixer(s, teacher_model, backend)
     total = sum(quotas[j] for j in mine)
     bar = progress(total, "generate", settings.progress if world.is_main else False,
                    initial=sum(quotas[j] for j in done), unit="img")
@@ -210,7 +218,11 @@ def _generate(settings: GenerateSettings, s: dict, preset_values: dict, teacher_
                                     iters=f"{running['iters'] / g:.2f}", refresh=False)
                     bar.update(n_kept)
 
-            tensors, stats = generate_shard(j, quotas[j], s, source, mixer, dev, on_batch)
+            try:
+                tensors, stats = generate_shard(j, quotas[j], s, source, mixer, dev, on_batch)
+            except FloatingPointError as e:  # a NaN/inf teacher or solver state: nothing written
+                raise GenerationError(f"shard {j}: {e}") from e
+            check_finite(j, tensors)
             count = tensors["mixed"].shape[0]
             if export_png:
                 write_pngs(out, j * s["shard_size"], tensors["mixed"])

@@ -23,6 +23,7 @@ __all__ = [
     "GenerateSettings",
     "resolve_settings",
     "check_settings",
+    "check_image_fit",
     "limit_arg",
 ]
 
@@ -173,6 +174,21 @@ def check_settings(s: dict) -> None:
     need(s["method"] in METHOD_NAMES, "method", f"one of {list(METHOD_NAMES)}")
     need(s["store"] in STORE_NAMES, "store", f"one of {list(STORE_NAMES)}")
     need(s["split"] in SPLIT_NAMES, "split", f"one of {list(SPLIT_NAMES)}")
+
+
+def check_image_fit(s: dict, image_shape, flag: str = "--mask-size") -> None:
+    """The settings that depend on the images: the mask grid must fit in them (SuperMix only).
+    ``image_shape``: (C, H, W).
+
+    Raises:
+        UsageError: naming the flag, the image size and the value.
+    """
+    if s.get("mixer", "supermix") != "supermix":
+        return
+    h, w = int(image_shape[-2]), int(image_shape[-1])
+    if s["mask_size"] > min(h, w):
+        raise UsageError(f"{flag}: expected a mask grid of at most the image size {h}x{w}, got "
+                         f"{s['mask_size']}")
 
 
 def limit_arg(text: str) -> int | str:

@@ -19,6 +19,7 @@ __all__ = [
     "shard_quotas",
     "shard_seed",
     "make_mixer",
+    "check_finite",
     "blind_success",
     "generate_shard",
 ]
@@ -43,13 +44,33 @@ def shard_seed(seed: int, j: int) -> int:
 
 
 def make_mixer(s: dict, teacher: nn.Module, backend: str | None):
-    """The mixer the settings ``s`` name, labelled by ``teacher``."""
+    """The mixer the settings ``s`` name, labelled by ``teacher``.
+
+    Raises:
+        UsageError: the mixer refuses a setting (its message).
+    """
     from ..mixers import create_mixer
-    if s["mixer"] == "supermix":
-        return create_mixer("supermix", teacher=teacher, k=s["k"], alpha=s["alpha"],
-                            lambda_s=s["lambda_s"], sigma=s["sigma"], mask_size=s["mask_size"],
-                            max_iters=s["max_iters"], method=s["method"], backend=backend)
-    return create_mixer(s["mixer"], teacher=teacher, k=s["k"], alpha=s["alpha"])
+    try:
+        if s["mixer"] == "supermix":
+            return create_mixer("supermix", teacher=teacher, k=s["k"], alpha=s["alpha"],
+                                lambda_s=s["lambda_s"], sigma=s["sigma"],
+                                mask_size=s["mask_size"], max_iters=s["max_iters"],
+                                method=s["method"], backend=backend)
+        return create_mixer(s["mixer"], teacher=teacher, k=s["k"], alpha=s["alpha"])
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--mixer {s['mixer']}: {e}") from e
+
+
+def check_finite(j: int, tensors: dict[str, torch.Tensor]) -> None:
+    """Nothing non-finite is written: every float field of shard j must be finite.
+
+    Raises:
+        GenerationError: naming the field.
+    """
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise GenerationError(f"shard {j}: {name} holds NaN or inf values (a teacher or "
+                                  f"solver gone non-finite); nothing was written for it")
 
 
 def blind_success(result, k: int) -> torch.Tensor:

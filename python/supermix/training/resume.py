@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Sequence
 
 
-from ..checkpoint import atomic_write_text, load_checkpoint
+from ..checkpoint import CheckpointError, atomic_write_text, load_checkpoint
+from ..data import resolved_spec
 from ..errors import MissingFileError, UsageError
+from ..runtime import DistInfo, lock_output_for
 from .state import TrainState
 
 __all__ = [
@@ -45,9 +47,18 @@ def must_match(run_args: dict) -> list[str]:
     return [k for k in run_args if k not in RUNTIME_ARGS]
 
 
-def check_out(out: Path, resume: bool) -> Path:
+def check_out(out: Path, resume: bool, info: DistInfo | None = None) -> Path:
     """Refuse to overwrite a run: ``out`` holding a checkpoint needs ``--resume``; returns
-    ``out``."""
+    ``out``. With ``info``, first take ``out``'s lock for the run (rank 0 under torchrun, held
+    until :func:`supermix.runtime.shutdown_distributed`): a second run on the same ``--out``
+    stops here, naming the holder's pid.
+
+    Raises:
+        OutputBusyError: another process writes to ``out``.
+        UsageError: ``out`` holds a checkpoint and ``resume`` is False.
+    """
+    if info is not None:
+        lock_output_for(info, out)
     if (out / CHECKPOINT_NAME).exists() and not resume:
         raise UsageError(f"--out: {out} already holds {CHECKPOINT_NAME}; pass --resume to "
                          f"continue it or choose another --out")
@@ -71,6 +82,19 @@ def write_log(state: TrainState, end: dict | None = None) -> None:
     atomic_write_text("".join(json.dumps(line) + "\n" for line in lines), state.out / LOG_NAME)
 
 
+def _same_data(saved: dict, now: dict) -> bool:
+    """Whether two runs' ``--data``/``--data-root`` name the same files (resolved folders, the
+    default Fashion-MNIST folder spelt out or not)."""
+    if saved.get("data") is None or now.get("data") is None:
+        return saved.get("data") == now.get("data") and \
+            saved.get("data_root") == now.get("data_root")
+    try:
+        return resolved_spec(saved["data"], saved.get("data_root")) == \
+            resolved_spec(now["data"], now.get("data_root"))
+    except UsageError:
+        return False
+
+
 def try_resume(state: TrainState, must_match: Sequence[str]) -> bool:
     """Load ``<out>/checkpoint.pt`` into ``state`` if it exists; returns whether it did.
 
@@ -83,17 +107,29 @@ def try_resume(state: TrainState, must_match: Sequence[str]) -> bool:
             print(f"--resume: no {path} yet, starting from scratch", flush=True)
         return False
     ckpt = load_checkpoint(path, map_location="cpu")
-    saved = ckpt.get("args", {})
-    for key in must_match:
+    for key, kind in (("args", dict), ("optimizer", dict), ("epoch", int), ("history", list)):
+        if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
+            raise CheckpointError(f"checkpoint: {path}: wrong structure: {key!r} is "
+                                  f"{type(ckpt.get(key)).__name__}, expected {kind.__name__}")
+    saved = ckpt["args"]
+    keys = list(must_match)
+    if "data" in keys and _same_data(saved, state.run_args):
+        keys = [k for k in keys if k not in ("data", "data_root")]
+    for key in keys:
         if saved.get(key) != state.run_args.get(key):
             raise UsageError(f"--{key.replace('_', '-')}: the checkpoint in {state.out} was made "
-                             f"with {saved.get(key)!r}, got {state.run_args.get(key)!r}")
+                             f"with {saved.get(key)!r}, got {state.run_args.get(key)!r}; "
+                             f"resume with the same value or choose another --out")
     try:
         state.model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise MissingFileError(f"--resume: {path} does not fit this model: "
                                f"{str(e).splitlines()[0]}") from e
-    state.optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint: {path}: wrong structure: its optimizer state does "
+                              f"not fit this model ({e})") from e
     state.start_epoch = int(ckpt["epoch"])
     state.history = list(ckpt.get("history", []))
     state.elapsed = float(ckpt.get("elapsed_s", 0.0))
