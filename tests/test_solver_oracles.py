@@ -150,6 +150,48 @@ def solve_tiny(method, max_iters, seed=3, **kwargs):
     return teacher, images, sources, result
 
 
+@pytest.mark.parametrize("alpha,k", [(0.3, 2), (0.7, 2), (0.7, 3), (1.0, 2), (2.5, 2)])
+def test_dirichlet_variance_below_and_above_one(alpha, k):
+    """Var r_i = alpha (a0 - alpha) / (a0^2 (a0 + 1)), a0 = k alpha: the gamma sampler's boost for
+    alpha < 1 and its main branch both give the right shape, not only the right mean."""
+    r = sample_dirichlet(40000, k, alpha, torch.Generator().manual_seed(1)).double()
+    a0 = alpha * k
+    var = alpha * (a0 - alpha) / (a0 * a0 * (a0 + 1))
+    assert_close(r.mean(0), torch.full((k,), 1 / k, dtype=torch.float64), atol=0.01, rtol=0, what="mean")
+    assert_close(r.var(0), torch.full((k,), var, dtype=torch.float64), atol=0.04 * var, rtol=0, what="variance")
+
+
+def test_is_success_against_brute_force():
+    """Random probability rows and source label sets, duplicates included: success exactly when
+    the u highest classes are the u distinct source labels."""
+    g = torch.Generator().manual_seed(0)
+    checked = {True: 0, False: 0}
+    for _ in range(100):
+        n = int(torch.randint(2, 7, (1,), generator=g))
+        k = int(torch.randint(2, 5, (1,), generator=g))
+        A = 6
+        probs = torch.softmax(torch.randn(A, n, generator=g) * 2, dim=1)
+        labels = torch.randint(0, n, (A, k), generator=g)
+        # make some rows succeed: put the sources' labels on top
+        for a in range(0, A, 2):
+            probs[a, labels[a]] += 1.0 + torch.rand(k, generator=g)
+        present = torch.zeros(A, n, dtype=torch.bool).scatter_(1, labels, True)
+        got = is_success(probs, present, present.sum(1), k)
+        for a in range(A):
+            order = sorted(range(n), key=lambda c: -float(probs[a, c]))
+            wanted = set(labels[a].tolist())
+            expected = set(order[: len(wanted)]) == wanted
+            assert bool(got[a]) == expected, (probs[a], labels[a])
+            checked[expected] += 1
+    assert min(checked.values()) > 150
+
+
+def test_is_success_when_k_exceeds_the_classes():
+    probs = torch.tensor([[0.7, 0.3], [0.4, 0.6]])
+    present = torch.tensor([[True, True], [True, False]])
+    assert is_success(probs, present, present.sum(1), 3).tolist() == [True, False]
+
+
 # ------------------------------------------------------------------- argument checking ----
 class OutputTeacher(nn.Module):
     """Returns a fixed object, whatever the input."""
@@ -204,10 +246,7 @@ BAD_ARGUMENTS = [
     (dict(teacher=OutputTeacher(lambda x: torch.zeros(x.shape[0]))), ValueError,
      "solve: teacher must map [N,C,H,W] to logits [N, classes>=2]; for N=8 it returned [8]"),
     pytest.param(dict(teacher=OutputTeacher(lambda x: (torch.zeros(x.shape[0], 6),))), ValueError,
-                 "solve: teacher must map [N,C,H,W] to logits [N, classes>=2]; for N=8 it returned tuple",
-                 marks=pytest.mark.xfail(strict=True, raises=AttributeError,
-                                         reason="solver bug: _teacher_logits calls .float() on the teacher's "
-                                                "output before _check_teacher_output can name a non-tensor")),
+                 "solve: teacher must map [N,C,H,W] to logits [N, classes>=2]; for N=8 it returned tuple"),
     (dict(sources=torch.zeros(8, 3, dtype=torch.long)), ValueError,
      "solve: sources must have shape [N=8, k=2], got [8, 3]"),
     (dict(teacher=OutputTeacher(lambda x: torch.zeros(x.shape[0], 6).index_fill(0, torch.tensor([3, 5]), float("nan")))),
@@ -469,37 +508,6 @@ def test_defaults_are_the_papers():
     assert (solver.MARGIN_GD_FIRST_STEP, solver.MARGIN_GD_HINGE_WEIGHT, solver.MARGIN_GD_MARGIN) == (4.0, 1.0, 0.5)
 
 
-def test_is_success_against_brute_force():
-    """Random probability rows and source label sets, duplicates included: success exactly when
-    the u highest classes are the u distinct source labels."""
-    g = torch.Generator().manual_seed(0)
-    checked = {True: 0, False: 0}
-    for _ in range(100):
-        n = int(torch.randint(2, 7, (1,), generator=g))
-        k = int(torch.randint(2, 5, (1,), generator=g))
-        A = 6
-        probs = torch.softmax(torch.randn(A, n, generator=g) * 2, dim=1)
-        labels = torch.randint(0, n, (A, k), generator=g)
-        # make some rows succeed: put the sources' labels on top
-        for a in range(0, A, 2):
-            probs[a, labels[a]] += 1.0 + torch.rand(k, generator=g)
-        present = torch.zeros(A, n, dtype=torch.bool).scatter_(1, labels, True)
-        got = is_success(probs, present, present.sum(1), k)
-        for a in range(A):
-            order = sorted(range(n), key=lambda c: -float(probs[a, c]))
-            wanted = set(labels[a].tolist())
-            expected = set(order[: len(wanted)]) == wanted
-            assert bool(got[a]) == expected, (probs[a], labels[a])
-            checked[expected] += 1
-    assert min(checked.values()) > 150
-
-
-def test_is_success_when_k_exceeds_the_classes():
-    probs = torch.tensor([[0.7, 0.3], [0.4, 0.6]])
-    present = torch.tensor([[True, True], [True, False]])
-    assert is_success(probs, present, present.sum(1), 3).tolist() == [True, False]
-
-
 class ModeTeacher(TinyTeacher):
     """Records the mode of itself and of a submodule at every call."""
 
@@ -603,7 +611,8 @@ class RecordingTeacher(TinyTeacher):
         return out.to(torch.get_autocast_dtype("cpu")) if autocast else out
 
 
-@pytest.mark.parametrize("channels_last,autocast_dtype", [(False, None), (True, None), (False, torch.bfloat16)])
+@pytest.mark.parametrize("channels_last,autocast_dtype", [(False, None), (True, None), (False, torch.bfloat16),
+                                                        (True, torch.float16)])
 def test_channels_last_and_autocast_reach_the_teacher(channels_last, autocast_dtype):
     teacher = RecordingTeacher()
     images = torch.randn(N, 3, *SIZE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -641,3 +650,19 @@ def test_no_warnings(method):
     """No deprecated calls (an implicit softmax dimension, for one) on the solver's path."""
     supermix.solve(TinyTeacher(), tiny_images(), method=method, mask_size=GRID, max_iters=2,
                    generator=torch.Generator().manual_seed(3))
+
+
+def test_two_classes_are_enough():
+    teacher = OutputTeacher(lambda x: torch.stack([x.flatten(1).mean(1), -x.flatten(1).mean(1)], dim=1))
+    result = supermix.solve(teacher, tiny_images(), method="sgd", mask_size=GRID, max_iters=1)
+    assert result.probs.shape == (N, 2) and result.targets.shape == (N, 2)
+
+
+def test_sampling_follows_the_generators_device():
+    """With a generator and no device, sources and weights are made on the generator's device,
+    not the default one."""
+    with torch.device("meta"):
+        sources = cyclic_sources(5, 2, torch.Generator().manual_seed(0))
+        weights = sample_dirichlet(5, 2, 0.5, torch.Generator().manual_seed(0))
+    assert sources.device.type == "cpu" and weights.device.type == "cpu"
+    assert torch.equal(sources, cyclic_sources(5, 2, torch.Generator().manual_seed(0)))

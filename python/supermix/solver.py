@@ -273,6 +273,7 @@ def _teacher_logits(teacher, x, autocast_dtype, channels_last) -> torch.Tensor:
     )
     with ctx:
         out = teacher(x)
+    _check_teacher_output(out, x.shape[0])
     return out.float()
 
 
