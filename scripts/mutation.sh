@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut 3) of one algorithm module against its fast tests; see docs/TESTING.md.
 #
-#   scripts/mutation.sh solver|mixers|mixed_set [--max-children N] [--resume]
+#   scripts/mutation.sh solver|mixers|mixed_set [--max-children N] [--resume | --survivors]
 #
 # --resume keeps the previous run in build/mutation/<module> (its source copy and its results),
-# copies the tests again and runs the mutants not yet checked and those that survived: after an
-# interrupted run, or after new tests were written to kill survivors.
+# copies the tests again and runs the mutants not yet checked (after an interruption);
+# --survivors does the same for the mutants that survived (after new tests were written).
 #
 # Slow (minutes to hours on 2 cores) and not part of CI. The module's settings are in
 # pyproject.toml, [tool.supermix.mutation.<module>]: the file to mutate, the tests to run, the
@@ -19,14 +19,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-module=${1:?usage: scripts/mutation.sh solver|mixers|mixed_set [--max-children N] [--resume]}
+module=${1:?usage: scripts/mutation.sh solver|mixers|mixed_set [--max-children N] [--resume | --survivors]}
 shift
 children=2
 resume=0
 while [ $# -gt 0 ]; do
   case $1 in
     --max-children) children=${2:?}; shift 2 ;;
-    --resume) resume=1; shift ;;
+    --resume) resume=1; retry="not checked"; shift ;;
+    --survivors) resume=1; retry="survived"; shift ;;
     *) echo "mutation.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -74,18 +75,18 @@ cd "$work"
 if [ $resume = 1 ]; then
   # Named mutants are always rerun, so name exactly those without a verdict or that survived.
   "$MUTMUT" results --all true > results.txt 2>&1 || true
-  mapfile -t patterns < <("$PY" - <<'EOF'
-import fnmatch, re
+  mapfile -t patterns < <("$PY" - "$retry" <<'EOF'
+import fnmatch, re, sys
 from pathlib import Path
 patterns = Path("mutants.txt").read_text(encoding="utf-8").split()
 for line in Path("results.txt").read_text(encoding="utf-8").splitlines():
-    m = re.match(r"\s*(\S+): (not checked|survived)$", line)
-    if m and any(fnmatch.fnmatch(m.group(1), p) for p in patterns):
+    m = re.match(r"\s*(\S+): (.+)$", line)
+    if m and m.group(2) == sys.argv[1] and any(fnmatch.fnmatch(m.group(1), p) for p in patterns):
         print(m.group(1))
 EOF
 )
   [ ${#patterns[@]} -gt 0 ] || { echo "mutation.sh: nothing left to run" >&2; exit 0; }
-  echo "running ${#patterns[@]} unchecked or surviving mutants"
+  echo "running ${#patterns[@]} mutants ($retry)"
 fi
 # As scripts/test.sh: Triton under the interpreter without a GPU, the compiled library required.
 export SUPERMIX_REQUIRE_COMPILED=1
@@ -95,7 +96,7 @@ fi
 export OMP_NUM_THREADS=1
 start=$(date +%s)
 set +e
-"$MUTMUT" run --max-children "$children" "${patterns[@]}" > "run$([ $resume = 1 ] && echo -resumed).log" 2>&1
+"$MUTMUT" run --max-children "$children" "${patterns[@]}" > "run$([ $resume = 1 ] && echo "-${retry// /-}").log" 2>&1
 status=$?
 set -e
 "$MUTMUT" results --all true > results.txt 2>&1 || true

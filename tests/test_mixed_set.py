@@ -227,3 +227,21 @@ def test_missing_and_foreign_manifests(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps([1, 2]))
     with pytest.raises(UsageError, match="is not a supermix-generated manifest"):
         read_manifest(tmp_path)
+
+
+def test_verify_uses_the_manifest_the_set_was_opened_with(tmp_path):
+    root = write_set(tmp_path / "set")
+    ds = MixedDataset(root)
+    other = write_set(tmp_path / "other", seed=1)
+    (root / MANIFEST).write_text((other / MANIFEST).read_text())
+    ds.verify()  # the shards still match the manifest ds read
+    with pytest.raises(CorruptShardError, match="is corrupt"):
+        verify_mixed_set(root)
+
+
+def test_a_single_shard_set(tmp_path):
+    root = write_set(tmp_path / "one", counts=(4,))
+    rows = shard_rows(root)
+    ds = MixedDataset(root)
+    assert ds.has_field("mask_logits") and not ds.has_field("nothing")
+    assert torch.equal(torch.stack([ds[i][0] for i in range(4)]), rows["mixed"].float() / 255)

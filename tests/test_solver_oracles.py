@@ -607,7 +607,7 @@ class RecordingTeacher(TinyTeacher):
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         autocast = torch.is_autocast_enabled("cpu")
         self.seen.append((channels_last, autocast, torch.get_autocast_dtype("cpu") if autocast else None))
-        out = super().forward(x.mean(dim=1, keepdim=True).to(torch.float64))
+        out = super().forward(F.adaptive_avg_pool2d(x.mean(dim=1, keepdim=True).to(torch.float64), SIZE))
         return out.to(torch.get_autocast_dtype("cpu")) if autocast else out
 
 
@@ -666,3 +666,34 @@ def test_sampling_follows_the_generators_device():
         weights = sample_dirichlet(5, 2, 0.5, torch.Generator().manual_seed(0))
     assert sources.device.type == "cpu" and weights.device.type == "cpu"
     assert torch.equal(sources, cyclic_sources(5, 2, torch.Generator().manual_seed(0)))
+
+
+def test_an_unknown_backend_fails_before_the_teacher_runs():
+    teacher = ModeTeacher()
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'cpp', 'triton', 'reference'\), got 'bogus'"):
+        supermix.solve(teacher, tiny_images(), mask_size=GRID, backend="bogus")
+    assert teacher.seen == []
+
+
+def test_default_settings_in_use():
+    """A call with no settings uses the paper's: an 8x8 grid, k=2, r ~ Dirichlet(3), plain
+    (not channels_last) inputs without autocast, and the results of the values spelled out."""
+    teacher = RecordingTeacher()
+    images = torch.randn(N, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    result = supermix.solve(teacher, images, method="sgd", max_iters=1, generator=torch.Generator().manual_seed(5))
+    assert result.mask_logits.shape == (N, 2, 8, 8)
+    assert set(teacher.seen) == {(False, False, None)}
+    g = torch.Generator().manual_seed(5)
+    assert torch.equal(result.sources, cyclic_sources(N, 2, g))
+    assert torch.equal(result.weights, sample_dirichlet(N, 2, 3.0, g))
+    spelled = dict(k=2, alpha=3.0, lambda_s=25.0, sigma=1.0, mask_size=GRID, lr=0.1, lambda_tv=250.0, min_iters=0)
+    for method in ("newton_sp", "sgd", "newton", "margin_gd"):
+        teacher, images = TinyTeacher(), tiny_images()
+        default = supermix.solve(teacher, images, method=method, mask_size=GRID, max_iters=3,
+                                 generator=torch.Generator().manual_seed(3))
+        explicit = supermix.solve(teacher, images, method=method, max_iters=3, generator=torch.Generator().manual_seed(3),
+                                  **spelled)
+        assert torch.equal(default.mask_logits, explicit.mask_logits) and torch.equal(default.iters, explicit.iters)
+    fifty = supermix.solve(TinyTeacher(), tiny_images(), method="sgd", lr=1e-6, mask_size=GRID,
+                           generator=torch.Generator().manual_seed(3))
+    assert int(fifty.iters.max()) == 50 and not fifty.success.all()
