@@ -11,8 +11,8 @@ batches and seeds for every method:
 - ``test_margin_gd_vs_tuned_sgd``: for every teacher (the shipped ResNet-20 and the WRN-16-2
   and MobileNetV2 test teachers in tests/assets/) and every setting (k=2 and k=3 with 8x8
   masks, k=2 with 4x4 masks): margin_gd with its one fixed set of settings, newton_sp, and sgd at
-  every rate of {1, 3, 10, 30, 100}, the best rate chosen per teacher and setting by time per
-  successful image. Reported per method: mean iterations, success, ms per successful image,
+  every rate of {1, 3, 10, 30, 100}, the best rate chosen per teacher and setting by teacher
+  samples per successful image. All methods solve each batch in turn, side by side. Reported per method: mean iterations, success, ms per successful image,
   teacher samples processed (forward + backward) per successful image (a count, immune to a
   loaded machine), the mean final KL(target || teacher) and the mean sparsity L_s (eq. 5) of
   the returned masks, so that speed bought with worse masks shows.
@@ -68,7 +68,12 @@ def _teacher_and_batches(name: str):
         if not Path(path).exists():
             pytest.skip(f"teacher {path} is missing")
         images, _ = data.load_tensors("fashion-mnist", train=False, as_cifar=as_cifar)
-        _CACHE[name] = (load_teacher(path), [images[i * BATCH:(i + 1) * BATCH] for i in range(NUM_BATCHES)])
+        teacher = load_teacher(path)
+        # Warm up (thread pool, allocator, kernels) so the first method timed pays no start-up cost.
+        for method in ("margin_gd", "sgd"):
+            supermix.solve(teacher, images[-BATCH:], method=method, max_iters=3,
+                           generator=torch.Generator().manual_seed(0))
+        _CACHE[name] = (teacher, [images[i * BATCH:(i + 1) * BATCH] for i in range(NUM_BATCHES)])
     return _CACHE[name]
 
 
@@ -97,24 +102,37 @@ def _sparsity(result) -> torch.Tensor:
     return (m * (1 - m)).abs().mean(dim=(1, 2, 3))
 
 
-def _run(name: str, method: str, lr: float = 0.1, k: int = 2, mask_size: int = 8, check: bool = False) -> dict:
+def _run_side_by_side(name: str, methods: list[tuple[str, float]], k: int = 2, mask_size: int = 8,
+                      check: bool = False) -> list[dict]:
+    """Solve every batch with every (method, lr), batch by batch, so that a change in the load
+    of a shared machine falls on all methods alike; one row per method."""
     teacher, batches = _teacher_and_batches(name)
-    seconds, results = 0.0, []
+    seconds = [0.0] * len(methods)
+    results: list[list] = [[] for _ in methods]
     for i, x in enumerate(batches):
-        start = time.perf_counter()
-        r = supermix.solve(teacher, x, k=k, mask_size=mask_size, method=method, lr=lr, max_iters=MAX_ITERS,
-                           generator=torch.Generator().manual_seed(1000 + i))
-        seconds += time.perf_counter() - start
-        if check:
-            confirm_success(teacher, x, r)
-        results.append(r)
+        for j, (method, lr) in enumerate(methods):
+            start = time.perf_counter()
+            r = supermix.solve(teacher, x, k=k, mask_size=mask_size, method=method, lr=lr, max_iters=MAX_ITERS,
+                               generator=torch.Generator().manual_seed(1000 + i))
+            seconds[j] += time.perf_counter() - start
+            if check:
+                confirm_success(teacher, x, r)
+            results[j].append(r)
+    return [_row(name, method, lr, k, mask_size, seconds[j], results[j]) for j, (method, lr) in enumerate(methods)]
+
+
+def _run(name: str, method: str, lr: float = 0.1, k: int = 2, mask_size: int = 8, check: bool = False) -> dict:
+    return _run_side_by_side(name, [(method, lr)], k, mask_size, check)[0]
+
+
+def _row(name, method, lr, k, mask_size, seconds, results) -> dict:
     success = torch.cat([r.success for r in results])
     n_ok = max(int(success.sum()), 1)
     work = sum(r.stats.forward_samples + r.stats.backward_samples for r in results)
     return {
-        "teacher": name, "k": k, "mask_size": mask_size,
+        "teacher": name, "k": k, "mask_size": mask_size, "lr": lr,
         "method": method if method != "sgd" else f"sgd lr={lr:g}",
-        "seconds_per_batch": seconds / len(batches),
+        "seconds_per_batch": seconds / len(results),
         "mean_iters": float(torch.cat([r.iters for r in results]).float().mean()),
         "success_rate": float(success.float().mean()),
         "ms_per_success": 1e3 * seconds / n_ok,
@@ -177,21 +195,23 @@ def test_margin_gd_vs_tuned_sgd(benchmark, teacher, k, mask_size):
     holder = {}
 
     def run_all():
-        rows = [_run(teacher, "margin_gd", k=k, mask_size=mask_size, check=True),
-                _run(teacher, "newton_sp", k=k, mask_size=mask_size, check=True)]
-        rows += [_run(teacher, "sgd", lr, k=k, mask_size=mask_size, check=True) for lr in SGD_SWEEP]
-        holder["rows"] = rows
+        methods = [("margin_gd", 0.1), ("newton_sp", 0.1)] + [("sgd", lr) for lr in SGD_SWEEP]
+        holder["rows"] = _run_side_by_side(teacher, methods, k, mask_size, check=True)
 
     benchmark.pedantic(run_all, rounds=1, iterations=1)
     rows = holder["rows"]
     sgd = [r for r in rows if r["method"].startswith("sgd")]
-    best = min(sgd, key=lambda r: r["ms_per_success"])
+    # The best rate is chosen by teacher samples per success: a count, so the choice does not
+    # depend on the load of a shared machine; on a quiet one time follows it (one teacher
+    # forward and backward dominate every iteration of every method).
+    best = min(sgd, key=lambda r: r["work_per_success"])
     best["best_lr"] = True
     ours = rows[0]
     ours["time_vs_best_sgd"] = ours["ms_per_success"] / best["ms_per_success"]
     ours["work_vs_best_sgd"] = ours["work_per_success"] / best["work_per_success"]
     ours["success_vs_best_sgd"] = ours["success_rate"] - best["success_rate"]
-    ours["meets_target"] = ours["time_vs_best_sgd"] <= 0.8 and ours["success_vs_best_sgd"] >= -0.005
+    ours["meets_target"] = (ours["time_vs_best_sgd"] <= 0.8 and ours["work_vs_best_sgd"] <= 0.8
+                            and ours["success_vs_best_sgd"] >= -0.005)
     COMPARISON_ROWS.extend(rows)
 
 
@@ -244,7 +264,15 @@ def _print_comparison(write, threads: int) -> None:
         tag = " (best of sweep)" if r.get("best_lr") else ""
         write(f"| {r['teacher']} | {r['k']} | {r['mask_size']}x{r['mask_size']} " + _row_text(r, tag))
     write("")
-    write("margin_gd / best SGD (target: time <= 0.8x, success >= best SGD - 0.5 points):")
+    write("SGD sweep, teacher samples per success (success rate) at lr " + ", ".join(f"{lr:g}" for lr in SGD_SWEEP) + ":")
+    for r in COMPARISON_ROWS:
+        if r["method"] == "margin_gd":
+            sweep = [s for s in COMPARISON_ROWS if s["teacher"] == r["teacher"] and s["k"] == r["k"]
+                     and s["mask_size"] == r["mask_size"] and s["method"].startswith("sgd")]
+            write(f"  {r['teacher']:<12} k={r['k']} {r['mask_size']}x{r['mask_size']}: "
+                  + ", ".join(f"{s['work_per_success']:.1f} ({s['success_rate']:.0%})" for s in sweep))
+    write("")
+    write("margin_gd / best SGD (target: time and teacher samples <= 0.8x, success >= best SGD - 0.5 points):")
     for r in COMPARISON_ROWS:
         if "time_vs_best_sgd" in r:
             write(f"  {r['teacher']:<12} k={r['k']} {r['mask_size']}x{r['mask_size']}: time {r['time_vs_best_sgd']:.2f}x, "
