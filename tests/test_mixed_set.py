@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def write_set(root: Path, counts=COUNTS, store: str = "uint8", complete: bool = 
         first += n
     write_manifest(root, {
         "format": "supermix-generated", "version": 1, "complete": complete, "shard_count": len(counts),
+        "config": {"seed": seed},
         "data": {"mean": MEAN, "std": STD, "class_names": [f"c{i}" for i in range(CLASSES)]},
         "shards": entries,
     })
@@ -245,3 +247,41 @@ def test_a_single_shard_set(tmp_path):
     ds = MixedDataset(root)
     assert ds.has_field("mask_logits") and not ds.has_field("nothing")
     assert torch.equal(torch.stack([ds[i][0] for i in range(4)]), rows["mixed"].float() / 255)
+
+
+def test_corruption_messages_name_the_set_and_the_hashes(tmp_path):
+    import hashlib
+
+    root = write_set(tmp_path / "set")
+    path = root / "shard-00002.safetensors"
+    want = json.loads((root / MANIFEST).read_text())["shards"][2]["sha256"]
+    path.write_bytes(path.read_bytes()[:-1] + b" ")
+    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    message = (f"generated set {root}: shard shard-00002.safetensors is corrupt "
+               f"(sha256 {got[:16]}..., manifest says {want[:16]}...)")
+    with pytest.raises(CorruptShardError, match="^" + re.escape(message) + "$"):
+        verify_mixed_set(root)
+
+
+def test_a_shard_from_other_settings_is_named(tmp_path):
+    """A shard swapped in from a set made with other settings (its sha256 put in the manifest)
+    disagrees with the manifest's settings."""
+    root, other = write_set(tmp_path / "set"), write_set(tmp_path / "other", seed=1)
+    name = "shard-00001.safetensors"
+    (root / name).write_bytes((other / name).read_bytes())
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["shards"][1]["sha256"] = json.loads((other / MANIFEST).read_text())["shards"][1]["sha256"]
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    message = f"generated set {root}: shard {name} was generated with other settings than the manifest's: seed"
+    with pytest.raises(CorruptShardError, match="^" + re.escape(message) + "$"):
+        MixedDataset(root)
+
+
+def test_a_malformed_manifest_names_the_set(tmp_path):
+    root = write_set(tmp_path / "set")
+    manifest = json.loads((root / MANIFEST).read_text())
+    del manifest["shards"]
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    for call in (lambda: MixedDataset(root, verify=False), lambda: verify_mixed_set(root)):
+        with pytest.raises(CorruptShardError, match=re.escape(f"generated set {root}: {MANIFEST}: lacks the 'shards' list")):
+            call()
