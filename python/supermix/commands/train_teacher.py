@@ -8,7 +8,8 @@ time, ImageFolder trees go through a ``DataLoader`` with ``--workers`` processes
 
 Files in ``--out``: ``checkpoint.pt`` (written atomically after every epoch; ``--resume``
 continues from it, and with ``--epochs`` larger than before the cosine schedule is stretched to
-the new length from the current step), ``model.pt`` (final weights + config, loadable by
+the new length from the current step; any other changed setting, ``--lr`` say, is refused as
+``distill`` and ``train`` refuse it), ``model.pt`` (final weights + config, loadable by
 :func:`supermix.teachers.load_teacher`), ``log.jsonl`` (the shared log) and ``card.json``
 (architecture, data, test accuracy, command lines, seed, epochs, training time, versions).
 

@@ -19,7 +19,11 @@ killed at any moment (``kill -9``) leaves finished files or none. A rerun with t
 verifies the finished shards (sha256 against the manifest; a shard missing from the manifest
 because the run died between the two writes is accepted from its header), deletes the temporary
 files and generates only the missing shards. A manifest or shard written with other settings is
-an error naming the differing keys, unless ``overwrite``.
+an error naming the differing keys, unless ``overwrite``. One process writes a folder at a time
+(:func:`supermix.runtime.lock_output_for`; under torchrun rank 0 holds the lock for the job): a
+second one stops before touching it, naming the holder's pid. Every setting, the mask against
+the images included, is checked before the folder is touched, and a teacher or solver gone
+NaN/inf stops the run (:class:`GenerationError`) before its shard is written.
 
 The blind mixers (MixUp, CutMix) are labelled by the teacher, as the paper does for its
 baselines. Their ``success`` is the same termination criterion evaluated on the teacher's
