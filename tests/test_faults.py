@@ -199,6 +199,25 @@ def test_manifest_edits_are_named(small_set, change, message):
         verify_mixed_set(small_set)
 
 
+@pytest.mark.parametrize("change", [
+    lambda m: m["shards"].pop(2),
+    lambda m: m["shards"].insert(1, dict(m["shards"][1])),
+    lambda m: m["shards"][1].update(count=20),
+    lambda m: m["shards"][0].pop("sha256"),
+    lambda m: m["shards"][0].pop("shard"),
+], ids=["dropped", "duplicated", "count", "no-sha256", "no-shard"])
+def test_resume_rebuilds_an_edited_manifest_from_the_shards(small_set, teacher, change):
+    """A rerun trusts the shards (each checked against its own header), not the entries: it
+    keeps them all, generates nothing and writes a manifest the reader accepts."""
+    before = {p.name: sha256_file(p) for p in small_set.glob("shard-*")}
+    _edit(small_set, change)
+    manifest = generate(small_set, 64, teacher=teacher, shard_size=16, batch_size=16,
+                        max_iters=5, device="cpu", progress=False, log=lambda msg: None)
+    assert manifest["totals"]["this_run"]["kept"] == 0
+    assert {p.name: sha256_file(p) for p in small_set.glob("shard-*")} == before
+    assert len(MixedDataset(small_set)) == 64
+
+
 def test_edited_counts_and_settings_are_caught_by_the_shard_headers(small_set):
     """Counts edited together with the settings agree with each other, not with the shards."""
     def change(m):
