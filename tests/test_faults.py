@@ -152,6 +152,25 @@ def _hold_lock(folder: Path) -> subprocess.Popen:
     return proc
 
 
+def test_torchrun_job_on_a_locked_out_stops_on_every_rank(tmp_path, teacher):
+    """Under torchrun rank 0 takes the lock for the job; when it is busy every rank stops
+    (none waits at a barrier) and nothing is written."""
+    from testing import run_torchrun
+
+    out = tmp_path / "set"
+    holder = _hold_lock(out)
+    try:
+        proc = run_torchrun(_gen_args(teacher, out, 64), timeout=240)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("supermix: error:")]
+    assert len(lines) == 2, proc.stderr
+    assert all(f"pid {holder.pid}" in line for line in lines), lines
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
 @needs_fmnist
 @pytest.mark.parametrize("command", ["train-teacher", "distill", "train"])
 def test_training_commands_lock_their_out(tmp_path, teacher, command):
