@@ -179,6 +179,25 @@ def test_kill_minus_9_then_resume(tmp_path, real_teacher):
     assert again.returncode == 0 and "nothing left to generate" in again.stdout
 
 
+def test_generate_mixes_with_the_deterministic_kernels(tmp_path, tiny_teacher, monkeypatch):
+    """Shards must be the same bytes on a GPU too, where only deterministic mode avoids atomics."""
+    import supermix_ext
+    from supermix.generation import run
+
+    seen = []
+    original = run.generate_shard
+
+    def recording(*args, **kwargs):
+        seen.append(supermix_ext.deterministic_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run, "generate_shard", recording)
+    assert not supermix_ext.deterministic_enabled()
+    _generate(tmp_path, tiny_teacher, 32)
+    assert seen == [True, True]
+    assert not supermix_ext.deterministic_enabled()
+
+
 def test_resume_from_shards_missing_in_manifest(tmp_path, tiny_teacher):
     """A run killed between a shard's rename and the manifest update (or a torchrun rank's
     shards) is resumed from the shard headers."""

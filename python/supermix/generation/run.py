@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 
+from supermix_ext import deterministic_mode
+
 from .. import data as sdata
 from ..checkpoint import sha256_file
 from ..errors import MissingFileError, UsageError
@@ -219,7 +221,10 @@ def _generate(settings: GenerateSettings, s: dict, preset_values: dict, teacher_
                     bar.update(n_kept)
 
             try:
-                tensors, stats = generate_shard(j, quotas[j], s, source, mixer, dev, on_batch)
+                # Deterministic kernels (no float atomics on a GPU), so a set is the same bytes
+                # whenever it is generated or resumed.
+                with deterministic_mode():
+                    tensors, stats = generate_shard(j, quotas[j], s, source, mixer, dev, on_batch)
             except FloatingPointError as e:  # a NaN/inf teacher or solver state: nothing written
                 raise GenerationError(f"shard {j}: {e}") from e
             check_finite(j, tensors)
