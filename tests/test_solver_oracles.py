@@ -697,3 +697,23 @@ def test_default_settings_in_use():
     fifty = supermix.solve(TinyTeacher(), tiny_images(), method="sgd", lr=1e-6, mask_size=GRID,
                            generator=torch.Generator().manual_seed(3))
     assert int(fifty.iters.max()) == 50 and not fifty.success.all()
+
+
+def test_given_sources_are_used_as_int64():
+    teacher, images = TinyTeacher(), tiny_images()
+    sources = cyclic_sources(N, 2, torch.Generator().manual_seed(3))
+    as_int32 = supermix.solve(teacher, images, sources=sources.int(), method="sgd", mask_size=GRID, max_iters=2,
+                              generator=torch.Generator().manual_seed(3))
+    as_int64 = supermix.solve(teacher, images, sources=sources, method="sgd", mask_size=GRID, max_iters=2,
+                              generator=torch.Generator().manual_seed(3))
+    assert as_int32.sources.dtype == torch.int64 and torch.equal(as_int32.sources, sources)
+    assert torch.equal(as_int32.mask_logits, as_int64.mask_logits)
+
+
+def test_seconds_is_the_time_taken():
+    import time
+
+    start = time.perf_counter()
+    result = supermix.solve(TinyTeacher(), tiny_images(), method="sgd", mask_size=GRID, max_iters=2)
+    took = time.perf_counter() - start
+    assert 0 < result.stats.seconds <= took
