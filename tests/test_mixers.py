@@ -6,7 +6,6 @@ x_mix), not from the mixers' own bookkeeping.
 """
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
@@ -15,19 +14,11 @@ from torch import nn
 
 import supermix
 from supermix.mixers import CutMix, MixUp, SuperMix, create_mixer
-from testing import assert_close
+from testing import assert_close, shipped_teacher_and_test_images
 
 
-@functools.lru_cache(maxsize=1)
 def _teacher_and_images():
-    from supermix import data
-    from supermix.teachers import default_teacher_path, load_teacher
-
-    path = default_teacher_path()
-    if not path.exists():
-        pytest.skip(f"the shipped teacher {path} is missing")
-    teacher = load_teacher(path)
-    images, labels = data.load_tensors("fashion-mnist", train=False)
+    teacher, images, labels = shipped_teacher_and_test_images()
     return teacher, images[:256], labels[:256]
 
 

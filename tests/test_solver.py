@@ -1,7 +1,6 @@
 """The solver (Algorithm 1) and its baselines on the shipped teacher and real Fashion-MNIST."""
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
@@ -10,20 +9,10 @@ from torch import nn
 
 import supermix
 from supermix.solver import cyclic_sources, is_success, sample_dirichlet
-from testing import assert_close, backends_for
+from testing import assert_close, backends_for, shipped_teacher_and_test_images
 
 
-@functools.lru_cache(maxsize=1)
-def _teacher_and_images():
-    from supermix import data
-    from supermix.teachers import default_teacher_path, load_teacher
-
-    path = default_teacher_path()
-    if not path.exists():
-        pytest.skip(f"the shipped teacher {path} is missing")
-    teacher = load_teacher(path)
-    images, labels = data.load_tensors("fashion-mnist", train=False)
-    return teacher, images, labels
+_teacher_and_images = shipped_teacher_and_test_images
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ teachers and generated sets, running ``supermix`` in-process, as a subprocess or
 ``torchrun`` with 2 CPU processes, reading logs and weights)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ __all__ = [
     "random_mix_inputs", "FAST_PATHS", "REPO", "ROOT", "subprocess_env", "TINY", "run_cli",
     "run_torchrun", "run_main", "make_teacher", "make_generated", "read_log", "epochs",
     "TIMING_KEYS", "without_timing", "state_dict", "max_abs_diff", "assert_one_line_error",
-    "assert_same_step",
+    "assert_same_step", "shipped_teacher_and_test_images",
 ]
 
 REPO = ROOT = Path(__file__).resolve().parents[1]
@@ -156,3 +157,17 @@ def assert_same_step(one: Path, two: Path, arch: str = "resnet8", seed: int = 0,
     assert step > 1e-2, f"the step is too small to compare ({step})"
     assert worst < 1e-4 and worst < 1e-3 * step, (
         f"2-process weights differ by {worst} at {where} (step {step})")
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_teacher_and_test_images():
+    """(teacher, images, labels): the shipped ResNet-20 and the normalised Fashion-MNIST test
+    set; the calling test is skipped when the teacher file is missing."""
+    from supermix import data
+    from supermix.teachers import default_teacher_path, load_teacher
+
+    path = default_teacher_path()
+    if not path.exists():
+        pytest.skip(f"the shipped teacher {path} is missing")
+    images, labels = data.load_tensors("fashion-mnist", train=False)
+    return load_teacher(path), images, labels
