@@ -187,18 +187,19 @@ def test_distill_online_supermix_settings_reach_the_solver(assets, tmp_path, mon
     out = tmp_path / "online"
     assert run_main(_distill(assets, out, "--online", "supermix", "--k", "3", "--lambda-s", "7.5",
                              "--sigma", "0.5", "--mask-size", "4", "--max-iters", "3",
-                             "--epochs", "1", "--limit-steps", "2")) == 0
+                             "--method", "newton_sp", "--epochs", "1", "--limit-steps", "2")) == 0
     assert len(calls) == 2                                  # one mix per step
     for kwargs, result in calls:
         assert kwargs["k"] == 3
         assert kwargs["lambda_s"] == 7.5 and kwargs["sigma"] == 0.5
         assert kwargs["mask_size"] == 4 and kwargs["max_iters"] == 3
+        assert kwargs["method"] == "newton_sp"
         assert result.sources.shape == (64, 3)
         assert result.mask_logits.shape == (64, 3, 4, 4)
         assert int(result.iters.max()) <= 3
     args = read_log(out)[0]["args"]
     assert (args["online"], args["k"], args["lambda_s"], args["sigma"], args["mask_size"],
-            args["max_iters"]) == ("supermix", 3, 7.5, 0.5, 4, 3)
+            args["max_iters"], args["method"]) == ("supermix", 3, 7.5, 0.5, 4, 3, "newton_sp")
     (record,) = epochs(out)
     assert record["steps"] == 2 and math.isfinite(record["loss_mixed_ce"])
 

@@ -322,7 +322,8 @@ def solve(
         k: sources per mixed image (2 <= k <= N).
         alpha: Dirichlet concentration of the mixing weights r (eq. 2).
         lambda_s: weight of the sparsity loss (eq. 5).
-        sigma: Gaussian smoothing of the Newton direction in grid cells (eq. 7).
+        sigma: Gaussian smoothing of the Newton direction in grid cells (eq. 7); used by
+            ``"newton_sp"`` only (margin_gd, newton and sgd do not smooth).
         mask_size: h (square) or (h, w) of the mask-logit grid.
         max_iters: iteration cap; unfinished samples come back with ``success=False``.
         method: ``"margin_gd"`` (default) | ``"newton_sp"`` | ``"newton"`` | ``"sgd"``.

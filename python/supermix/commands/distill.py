@@ -43,6 +43,7 @@ import torch
 from .. import args as sargs
 from ..errors import UsageError
 from ..runtime import DistInfo, make_generator, memory_format
+from ..solver import DEFAULT_METHOD, METHODS
 from ..generation.settings import check_image_fit
 from ..mixed_set import load_mixed_set
 from ..teachers import check_teacher_fits, load_teacher, locate_teacher
@@ -92,8 +93,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="online: Dirichlet alpha of the mixing weights (default %(default)s)")
     m.add_argument("--lambda-s", type=sargs.non_negative_float, default=25.0,
                    help="online supermix: sparsity weight (default %(default)s)")
+    m.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="online supermix: solver method (default %(default)s)")
     m.add_argument("--sigma", type=sargs.non_negative_float, default=1.0,
-                   help="online supermix: smoothing sigma (default %(default)s)")
+                   help="online supermix: Gaussian smoothing of newton_sp's step, eq. 7 "
+                        "(default %(default)s; the other methods do not smooth)")
     m.add_argument("--mask-size", type=sargs.positive_int, default=8,
                    help="online supermix: mask grid side (default %(default)s)")
     m.add_argument("--max-iters", type=int, default=50, help="online supermix: iteration cap (default %(default)s)")
@@ -200,7 +204,7 @@ def _run(args, info: DistInfo) -> int:
         kwargs = dict(k=args.k, alpha=args.alpha)
         if args.online == "supermix":
             kwargs.update(lambda_s=args.lambda_s, sigma=args.sigma, mask_size=args.mask_size,
-                          max_iters=args.max_iters)
+                          max_iters=args.max_iters, method=args.method)
         mixer = create_mixer(args.online, teacher=teacher, **kwargs)
     bank = None
     if generated is not None:

@@ -38,7 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=None, help="sources per sample (default 2)")
     p.add_argument("--alpha", type=float, default=None, help="Dirichlet alpha (default 3)")
     p.add_argument("--lambda-s", type=float, default=None, help="sparsity weight (default 25)")
-    p.add_argument("--sigma", type=float, default=None, help="smoothing sigma (default 1)")
+    p.add_argument("--sigma", type=float, default=None, help="Gaussian smoothing of newton_sp's step, eq. 7 (default 1; the other methods "
+                        "do not smooth)")
     p.add_argument("--mask-size", type=int, default=None, help="mask grid side (default 8)")
     p.add_argument("--method", choices=METHODS, default=None,
                    help=f"solver method (default {DEFAULT_METHOD})")
