@@ -45,6 +45,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"solver method (default {DEFAULT_METHOD})")
     p.add_argument("--mixer", choices=MIXER_NAMES, default=None, help="default supermix")
     p.add_argument("--max-iters", type=int, default=None, help="solver iteration cap (default 50)")
+    p.add_argument("--min-iters", type=int, default=None,
+                   help="solver steps every SuperMix sample takes before the criterion may stop "
+                        "it (default 0: samples that meet it at the uniform start stay plain "
+                        "averages)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per solver call (default 128)")
     p.add_argument("--shard-size", type=int, default=None, help="samples per shard (default 1024)")

@@ -43,6 +43,9 @@ def generate(out_dir: str | os.PathLike, size: int, *, arguments: dict | None = 
         preset: ``"cifar100" | "imagenet" | "fashion-mnist"``: the paper's k, alpha,
             lambda_s, sigma and mask size; explicit arguments override it.
         k, alpha, lambda_s, sigma, mask_size, method, max_iters: solver settings.
+        min_iters: solver steps every SuperMix sample takes before the criterion may stop it
+            (default 0: a sample the teacher already reads correctly at the initial, uniform
+            masks is kept as a plain average of its sources).
         mixer: ``"supermix" | "mixup" | "cutmix"``; the blind ones are labelled by the teacher.
         batch_size: images mixed per solver call; shard_size: samples per shard file.
         seed: the run's seed; shard j is a function of (seed, j) and the settings.

@@ -39,8 +39,8 @@ SOLVER_PRESETS: dict[str, dict[str, Any]] = {
 # Values used when neither a flag nor a preset sets a setting.
 DEFAULTS: dict[str, Any] = {
     "k": 2, "alpha": 3.0, "lambda_s": 25.0, "sigma": 1.0, "mask_size": 8,
-    "method": DEFAULT_METHOD, "mixer": "supermix", "max_iters": 50, "batch_size": 128,
-    "shard_size": 1024, "seed": 0, "store": "uint8", "split": "train", "keep_failed": False,
+    "method": DEFAULT_METHOD, "mixer": "supermix", "max_iters": 50, "min_iters": 0,
+    "batch_size": 128, "shard_size": 1024, "seed": 0, "store": "uint8", "split": "train", "keep_failed": False,
 }
 
 MIXER_NAMES = ("supermix", "mixup", "cutmix")
@@ -57,7 +57,7 @@ SOLVER_KEYS = tuple(DEFAULTS)
 IDENTITY_KEYS = (
     "format", "teacher_sha256", "data", "split", "dataset_size", "image_shape", "mean", "std",
     "num_classes", "size", "shard_size", "batch_size", "seed", "mixer", "k", "alpha",
-    "lambda_s", "sigma", "mask_size", "method", "max_iters", "keep_failed", "store",
+    "lambda_s", "sigma", "mask_size", "method", "max_iters", "min_iters", "keep_failed", "store",
 )
 
 
@@ -87,6 +87,7 @@ class GenerateSettings:
     method: str | None = None
     mixer: str | None = None
     max_iters: int | None = None
+    min_iters: int | None = None
     batch_size: int | None = None
     shard_size: int | None = None
     seed: int | None = None
@@ -167,6 +168,11 @@ def check_settings(s: dict) -> None:
     need(math.isfinite(s["sigma"]) and s["sigma"] >= 0, "sigma", "a number >= 0")
     need(isinstance(s["mask_size"], int) and s["mask_size"] >= 1, "mask_size", "an integer >= 1")
     need(isinstance(s["max_iters"], int) and s["max_iters"] >= 0, "max_iters", "an integer >= 0")
+    need(isinstance(s["min_iters"], int) and 0 <= s["min_iters"] <= s["max_iters"], "min_iters",
+         f"an integer in [0, max_iters={s['max_iters']}]")
+    # The blind mixers take no solver steps, so a step count for them is a mistake.
+    need(s["mixer"] == "supermix" or s["min_iters"] == 0, "min_iters",
+         "0 for the blind mixers (mixup, cutmix)")
     need(isinstance(s["batch_size"], int) and s["batch_size"] >= 1, "batch_size", "an integer >= 1")
     need(isinstance(s["shard_size"], int) and s["shard_size"] >= 1, "shard_size", "an integer >= 1")
     need(isinstance(s["seed"], int) and s["seed"] >= 0, "seed", "an integer >= 0")

@@ -55,6 +55,7 @@ def make_mixer(s: dict, teacher: nn.Module, backend: str | None):
             return create_mixer("supermix", teacher=teacher, k=s["k"], alpha=s["alpha"],
                                 lambda_s=s["lambda_s"], sigma=s["sigma"],
                                 mask_size=s["mask_size"], max_iters=s["max_iters"],
+                                min_iters=s["min_iters"],
                                 method=s["method"], backend=backend)
         return create_mixer(s["mixer"], teacher=teacher, k=s["k"], alpha=s["alpha"])
     except (ValueError, TypeError) as e:

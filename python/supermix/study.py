@@ -1,0 +1,155 @@
+"""Statistics of a seeded study: means with t confidence intervals, paired differences, and the
+per-set measures that explain a mixed set's effect (scripts/replicate_fmnist.py, docs/RESULTS.md).
+
+A paired design trains every method once per seed with the seed's own draws; the difference
+between two methods is taken seed by seed, which removes what the seed does to both (the
+student's initialisation, the batch order), so its interval is far narrower than the two
+methods' intervals side by side.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+__all__ = ["t_quantile_975", "Interval", "mean_interval", "paired_difference",
+           "mixed_set_statistics", "SET_MEASURES"]
+
+# Two-sided 95% quantiles of Student's t, t_{0.975, df}, df = 1 ... 30 (any statistics table).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """t_{0.975} with ``df`` degrees of freedom (df >= 1): the table to 30, then the
+    Cornish-Fisher expansion around the normal quantile (error below 1e-3 there)."""
+    if not isinstance(df, int) or isinstance(df, bool) or df < 1:
+        raise ValueError(f"t_quantile_975: df must be an int >= 1, got {df!r}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its 95% confidence half-width over n values (``half`` is nan for n = 1)."""
+
+    mean: float
+    half: float
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.n > 1 and (self.low > 0 or self.high < 0)
+
+    def text(self, scale: float = 100.0, digits: int = 2, signed: bool = False) -> str:
+        """``"87.12 ± 0.40"`` (``scale`` 100: fractions shown in points)."""
+        sign = "+" if signed else ""
+        mean = f"{scale * self.mean:{sign}.{digits}f}"
+        return mean if self.n < 2 else f"{mean} ± {scale * self.half:.{digits}f}"
+
+
+def mean_interval(values: Sequence[float]) -> Interval:
+    """Mean and 95% t interval, half-width t_{0.975, n-1} * s / sqrt(n)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_interval: no values")
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n == 1:
+        return Interval(mean, math.nan, 1)
+    return Interval(mean, t_quantile_975(n - 1) * statistics.stdev(values) / math.sqrt(n), n)
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float]
+                      ) -> tuple[Interval, dict[int, float]]:
+    """``a - b`` seed by seed over the seeds both have: (interval of the differences,
+    {seed: difference})."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError("paired_difference: the two methods share no seed")
+    diffs = {s: float(a[s]) - float(b[s]) for s in seeds}
+    return mean_interval(list(diffs.values())), diffs
+
+
+# What mixed_set_statistics returns, in report order: (key, column title, how to read it).
+SET_MEASURES = (
+    ("zero_iters", "at 0 iterations",
+     "fraction of samples the solver kept at its start (uniform masks: a plain average)"),
+    ("mask_sparsity", "mask sparsity term",
+     "the sparsity term of eq. 5, mean over sources and pixels of m_i (1 - m_i): 0 when each "
+     "pixel comes from one source, 0.25 for an even 50/50 average of two (MixUp: the mean of "
+     "r_i (1 - r_i); CutMix: 0)"),
+    ("kl_to_target", "KL(target ‖ teacher)",
+     "mean KL from the target sum_i r_i onehot(y_i) to the teacher's softmax on the mixed image, "
+     "nats: how far the teacher's reading is from the intended mix"),
+    ("top5_entropy", "teacher top-5 entropy",
+     "mean entropy (nats) of the teacher's five largest probabilities, renormalised: the paper's "
+     "Fig. 7 measure of how smooth the labels are"),
+)
+
+
+def _sparsity_term(masks: torch.Tensor) -> torch.Tensor:
+    """Eq. 5 per sample: masks [B,k,H,W] -> [B], mean of m (1 - m)."""
+    return (masks * (1 - masks)).mean(dim=(1, 2, 3))
+
+
+@torch.no_grad()
+def mixed_set_statistics(path: str | os.PathLike, chunk: int = 4096) -> dict[str, float]:
+    """The :data:`SET_MEASURES` of a set written by ``supermix generate``, plus ``n``.
+
+    The mask sparsity term is computed on the image grid from the stored mask logits (SuperMix,
+    sigmoid-normalised and upsampled as eq. 4 mixes them), from ``r`` for MixUp (every pixel
+    mixes all sources with weights r) and is 0 for CutMix (each pixel from one source).
+    """
+    from supermix_ext.reference import normalised_masks_ref
+
+    from .mixed_set import MixedDataset
+
+    ds = MixedDataset(path, verify=False)
+    if len(ds) == 0:
+        raise ValueError(f"mixed_set_statistics: the set in {path} is empty")
+    mixer = (ds.manifest.get("config") or {}).get("mixer", "supermix")
+    iters = ds.read_field("iters")
+    r = ds.read_field("r").float()
+    y_hat = ds.read_field("y_hat").float()
+    probs = ds.read_field("teacher_probs").float()
+    height, width = ds.read_field("mixed")[:1].shape[-2:]
+    if mixer == "supermix":
+        logits = ds.read_field("mask_logits").float()
+        sparsity = torch.cat([
+            _sparsity_term(normalised_masks_ref(logits[i:i + chunk], (height, width)))
+            for i in range(0, logits.shape[0], chunk)])
+    elif mixer == "mixup":
+        sparsity = (r * (1 - r)).mean(1)
+    else:
+        sparsity = torch.zeros(r.shape[0])
+    # KL(y || p) with 0 log 0 = 0; the teacher's softmax is clamped so that log p is finite.
+    log_ratio = torch.where(y_hat > 0, y_hat.clamp_min(1e-30).log()
+                            - probs.clamp_min(1e-30).log(), torch.zeros_like(y_hat))
+    kl = (y_hat * log_ratio).sum(1)
+    top5 = probs.topk(min(5, probs.shape[1]), dim=1).values
+    top5 = top5 / top5.sum(1, keepdim=True)
+    entropy = -(top5 * top5.clamp_min(1e-30).log()).sum(1)
+    return {
+        "n": int(iters.shape[0]),
+        "zero_iters": float((iters == 0).float().mean()),
+        "mask_sparsity": float(sparsity.mean()),
+        "kl_to_target": float(kl.mean()),
+        "top5_entropy": float(entropy.mean()),
+    }
