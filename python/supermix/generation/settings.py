@@ -40,7 +40,8 @@ SOLVER_PRESETS: dict[str, dict[str, Any]] = {
 DEFAULTS: dict[str, Any] = {
     "k": 2, "alpha": 3.0, "lambda_s": 25.0, "sigma": 1.0, "mask_size": 8,
     "method": DEFAULT_METHOD, "mixer": "supermix", "max_iters": 50, "min_iters": 0,
-    "batch_size": 128, "shard_size": 1024, "seed": 0, "store": "uint8", "split": "train", "keep_failed": False,
+    "batch_size": 128, "shard_size": 1024, "seed": 0, "store": "uint8", "split": "train",
+    "keep_failed": False,
 }
 
 MIXER_NAMES = ("supermix", "mixup", "cutmix")
