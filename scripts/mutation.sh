@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut 3) of one algorithm module against its fast tests; see docs/TESTING.md.
 #
-#   scripts/mutation.sh solver|mixers|mixed_set [--max-children N] [--resume | --survivors]
+#   scripts/mutation.sh solver|mixers|mixed_set|objectives [--max-children N] [--resume | --survivors]
 #
 # --resume keeps the previous run in build/mutation/<module> (its source copy and its results),
 # copies the tests again and runs the mutants not yet checked (after an interruption);
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-module=${1:?usage: scripts/mutation.sh solver|mixers|mixed_set [--max-children N] [--resume | --survivors]}
+module=${1:?usage: scripts/mutation.sh solver|mixers|mixed_set|objectives [--max-children N] [--resume | --survivors]}
 shift
 children=2
 resume=0
