@@ -253,17 +253,32 @@ def test_bad_arguments_give_one_line_and_status_2(assets, foreign_set, tmp_path)
 
 # ---------------------------------------------------------------------------- replication ----
 def test_quick_replication(tmp_path):
-    """The whole Fashion-MNIST study on a tiny subset: every method trains and beats chance."""
+    """The whole paired study on a tiny subset: every set and run is made by the package's
+    commands, every run beats chance (the script checks), and the report has every method, the
+    paired differences, the ablations and the per-set measures, which agree with the sets."""
+    from supermix.study import mixed_set_statistics
     from supermix.teachers import default_teacher_path
 
     if not default_teacher_path().exists():
         pytest.skip(f"the shipped teacher {default_teacher_path()} is missing")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "replicate_fmnist.py"),
                            "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
-                          env=subprocess_env(), cwd=ROOT, timeout=900)
+                          env=subprocess_env(), cwd=ROOT, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (tmp_path / "RESULTS.md").read_text()
-    for method in ("Student alone (CE)", "KD", "CE + MixUp", "CE + CutMix", "CE + SuperMix",
-                   "KD + MixUp", "KD + CutMix", "KD + SuperMix"):
-        assert f"| {method} |" in report
+    for method in ("Student alone (CE)", "KD", "KD + MixUp", "KD + CutMix", "KD + SuperMix"):
+        assert f"| {method} | 2 |" in report, method
+    for ablation in ("KD + SuperMix (newton_sp)", "KD + SuperMix (min_iters 1)",
+                     "KD + SuperMix (k = 3)", "CE + SuperMix, target labels",
+                     "CE + CutMix, teacher-prob labels"):
+        assert f"| {ablation} | 1 |" in report, ablation
+    assert "| KD + SuperMix − KD + CutMix | the paper's claim" in report
+    assert "## Answer" in report and "supermix generate" in report and "supermix train" in report
+    # The per-set row of seed 0's and 1's SuperMix sets: their measures, averaged.
+    stats = [mixed_set_statistics(tmp_path / "sets" / f"supermix-512-512-s{seed}")
+             for seed in (0, 1)]
+    row = next(line for line in report.splitlines() if line.startswith("| SuperMix | 2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == f"{100 * (stats[0]['zero_iters'] + stats[1]['zero_iters']) / 2:.1f}%"
+    assert cells[7] == f"{(stats[0]['kl_to_target'] + stats[1]['kl_to_target']) / 2:.3f}"
     assert (tmp_path / "replication.png").stat().st_size > 10_000
