@@ -271,22 +271,28 @@ class Job:
 def plan(s: Settings, out: Path, teacher: Path) -> tuple[list[Job], dict, dict]:
     """The jobs in the order they start: the main methods seed by seed (a seed's sets before
     its runs, the quick blind sets first so that a worker is free to train while the other
-    solves), then the ablations seed by seed, so that a study cut short still has its answer.
+    solves), then the solver ablations seed by seed, then the label ablations seed by seed, so
+    that a study cut short still has its answer and its most expensive ablations.
     Returns ``(jobs, sets, runs)`` with ``sets[(kind, seed)]`` and ``runs[(method, seed)]``."""
     jobs: list[Job] = []
     sets: dict[tuple[str, int], Job] = {}
     runs: dict[tuple[str, int], Job] = {}
 
-    def add(seed: int, ablation: bool) -> None:
-        for kind in sorted((k for k in SET_KINDS if k.ablation == ablation),
+    def add(seed: int, ablation: bool, command: str | None = None) -> None:
+        for kind in sorted((k for k in SET_KINDS if k.ablation == ablation
+                            and (k.key, seed) not in sets),
                            key=lambda k: k.key.startswith("supermix")):
             path = set_path(out, s, kind, seed)
             job = Job(f"generate {kind.key} seed {seed}",
                       generate_command(s, kind, seed, path, teacher), path, is_set=True)
             sets[(kind.key, seed)] = job
             jobs.append(job)
-        for m in sorted((m for m in METHODS if m.ablation == ablation),
-                        key=lambda m: (m.set_key or "").startswith("supermix")):
+        for m in sorted((m for m in METHODS if m.ablation == ablation
+                         and command in (None, m.command)),
+                        # Distill: the blind sets' runs first (their sets are ready first);
+                        # the label runs: SuperMix's pair first (the question), CutMix's after.
+                        key=lambda m: (m.set_key or "").startswith("supermix") != (
+                            m.command == "train")):
             path = run_path(out, m, seed)
             mixed = sets[(m.set_key, seed)] if m.set_key else None
             job = Job(f"{m.key} seed {seed}",
@@ -297,8 +303,11 @@ def plan(s: Settings, out: Path, teacher: Path) -> tuple[list[Job], dict, dict]:
 
     for seed in s.seeds:
         add(seed, ablation=False)
+    # The ablations of the solver's settings first, the label ablation (cheap runs) last.
     for seed in s.seeds[:s.ablation_seeds]:
-        add(seed, ablation=True)
+        add(seed, ablation=True, command="distill")
+    for seed in s.seeds[:s.ablation_seeds]:
+        add(seed, ablation=True, command="train")
     return jobs, sets, runs
 
 
