@@ -268,6 +268,26 @@ def test_cutmix_box_at_the_corner_is_clipped():
     assert bool((covered < r[:, 1] - 0.1).any()), "no clipped box"
 
 
+def test_cutmix_boxes_that_round_to_nothing_keep_k_weight_columns():
+    """On 2x2 images a box of area r < 1/16 rounds to 0 x 0: when no sample gets a box, the
+    background covers everything and the weights still have k columns (0 for source 1)."""
+    x = torch.rand(4, 1, 2, 2, generator=gen(4))
+    y = torch.tensor([0, 1, 2, 3])
+    for seed in range(200):
+        _, _, masks = cutmix_oracle(x, 2, 0.05, gen(seed))
+        if not bool(masks[:, 1].any()):
+            break
+    else:
+        raise AssertionError("no seed without boxes")
+    mixer = CutMix(alpha=0.05, num_classes=CLASSES, generator=gen(seed))
+    x_mix, y_mix = mixer(x, y)
+    res = mixer.last_result
+    assert res.weights.shape == (4, 2) and res.full_masks.shape == (4, 2, 2, 2)
+    assert torch.equal(res.weights, torch.tensor([[1.0, 0.0]] * 4))
+    assert torch.equal(x_mix, x[res.sources[:, 0]])
+    assert torch.equal(y_mix, one_hot(y[res.sources[:, 0]], CLASSES))
+
+
 # --------------------------------------------------------------------------- label smoothing ----
 @pytest.mark.parametrize("cls", [MixUp, CutMix])
 def test_label_smoothing_maps_every_row(cls):
@@ -432,6 +452,8 @@ def test_offline_form_labels_with_the_teacher(cls):
     assert blind.probs is None and blind.labels is None and torch.equal(blind.mixed, result.mixed)
     with pytest.raises(ValueError, match=exact(f"{cls.name}: k=3 sources need a batch of at least k images, got B=2")):
         cls(k=3, num_classes=CLASSES).mix_batch(images(n=2))
+    three = cls(k=3, num_classes=CLASSES).mix_batch(images(n=3), gen(19))  # B = k
+    assert three.sources.shape == (3, 3) and three.mixed.shape == (3, 1, *SIZE)
     with pytest.raises(ValueError, match=f"^{cls.name}: x must be a float tensor"):
         cls(k=3, num_classes=CLASSES).mix_batch(images()[0])
 
@@ -587,17 +609,30 @@ def retry_oracle(teacher, x, k, g, **kw):
     return first, again, failed, expected
 
 
-@pytest.mark.parametrize("seed,padded", [(0, False), (2, True), (4, True), (9, False), (23, False)])
-def test_supermix_retry_solves_the_failures_again(seed, padded, monkeypatch):
+# (k, alpha, seed, padded): failures fewer than k (padded with other images, one case whose
+# failed sample's first source is image 0) or not; found by running the solver on the tiny case.
+RETRY_CASES = [(2, 3.0, 0, False), (2, 3.0, 2, True), (2, 3.0, 4, True), (2, 3.0, 6, True), (2, 3.0, 23, False),
+               (3, 1.0, 0, False), (3, 1.0, 2, True), (3, 1.0, 3, False), (3, 1.0, 4, True)]
+
+
+@pytest.mark.parametrize("k,alpha,seed,padded", RETRY_CASES + [(2, 3.0, None, None)])
+def test_supermix_retry_solves_the_failures_again(k, alpha, seed, padded, monkeypatch):
     # A clock that advances by one second per reading: each solve then takes a known time.
     ticks = iter(range(10**6))
     monkeypatch.setattr(supermix.solver, "time", type("Clock", (), {"perf_counter": lambda: next(ticks)}))
     teacher, x, y = TinyTeacher(), images(), int_labels()
     kw = dict(max_iters=1, **SOLVE)
-    g = gen(seed)
-    first, again, failed, expected = retry_oracle(teacher, x, 2, copy_of(g), **kw)
-    assert (len(failed) < 2) == padded and failed, "the case is not the one named"
-    mixer = SuperMix(teacher, on_failure="retry", label="target", generator=g, **kw)
+    if seed is None:  # no generator: the draws come from torch's global one
+        torch.manual_seed(6)
+        g, replay = None, copy_of(torch.default_generator)
+    else:
+        g = gen(seed)
+        replay = copy_of(g)
+    first, again, failed, expected = retry_oracle(teacher, x, k, replay, alpha=alpha, **kw)
+    assert failed and padded in (None, len(failed) < k), "the case is not the one named"
+    if seed is None:
+        torch.manual_seed(6)
+    mixer = SuperMix(teacher, k=k, alpha=alpha, on_failure="retry", label="target", generator=g, **kw)
     x_mix, y_mix = mixer(x, y)
     res = mixer.last_result
     for name in ("sources", "weights", "targets", "iters", "success"):
@@ -682,9 +717,15 @@ def test_every_tensor_is_made_on_the_images_device(make, seeded):
     expected = make(teacher)
     expected.generator = gen(49)
     x_ref, y_ref = expected(x, y)
+    torch.manual_seed(7)  # the unseeded mixers draw from torch's global generator
     with torch.device("meta"):
         x_mix, y_mix = mixer(x, y)
     assert x_mix.device.type == "cpu" and y_mix.device.type == "cpu"
+    assert mixer.last_result is not None or not seeded, "nothing mixed: vacuous"
+    for name in ("mixed", "mask_logits", "sources", "weights", "targets", "probs", "iters", "success", "full_masks"):
+        value = getattr(mixer.last_result, name, None)
+        assert value is None or value.device.type == "cpu", name
+    assert mixer.last_index.device.type == "cpu"
     if seeded:
         assert torch.equal(x_mix, x_ref) and torch.equal(y_mix, y_ref)
 
