@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut 3) of one algorithm module against its fast tests; see docs/TESTING.md.
 #
-#   scripts/mutation.sh solver|mixers|mixed_set|objectives [--max-children N] [--resume | --survivors]
+#   scripts/mutation.sh solver|mixers|mixed_set|objectives [--max-children N] [--resume | --survivors | --timeouts]
 #
 # --resume keeps the previous run in build/mutation/<module> (its source copy and its results),
 # copies the tests again and runs the mutants not yet checked (after an interruption);
-# --survivors does the same for the mutants that survived (after new tests were written).
+# --survivors does the same for the mutants that survived (after new tests were written);
+# --timeouts for those that timed out (mutmut also stops a mutant after 15 x (its tests'
+# estimated time + 1 s) of wall-clock time, so a run starved of CPU by other work on the machine
+# records healthy mutants as timeouts: rerun them when the machine is free).
 #
 # Slow (minutes to hours on 2 cores) and not part of CI. The module's settings are in
 # pyproject.toml, [tool.supermix.mutation.<module>]: the file to mutate, the tests to run, the
@@ -19,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-module=${1:?usage: scripts/mutation.sh solver|mixers|mixed_set|objectives [--max-children N] [--resume | --survivors]}
+module=${1:?usage: scripts/mutation.sh solver|mixers|mixed_set|objectives [--max-children N] [--resume | --survivors | --timeouts]}
 shift
 children=2
 resume=0
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
     --max-children) children=${2:?}; shift 2 ;;
     --resume) resume=1; retry="not checked"; shift ;;
     --survivors) resume=1; retry="survived"; shift ;;
+    --timeouts) resume=1; retry="timeout"; shift ;;
     *) echo "mutation.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
