@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
 done
 PY=$REPO/.venv/bin/python
 MUTMUT=$REPO/.venv/bin/mutmut
-[ -x "$MUTMUT" ] || { echo "mutmut is missing: .venv/bin/pip install -e '.[dev]'" >&2; exit 2; }
+[ -x "$MUTMUT" ] || { echo "mutmut is missing: .venv/bin/pip install mutmut==3.8.1 (the dev extra's pin)" >&2; exit 2; }
 
 work=$REPO/build/mutation/$module
 if [ $resume = 1 ]; then

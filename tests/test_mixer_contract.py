@@ -22,7 +22,7 @@ import supermix
 from supermix.mixers import (LABELS, MIXERS, MODES, ON_FAILURE, SOLVE_OPTIONS, CutMix, MixUp, SuperMix,
                              create_mixer)
 from supermix.solver import SolveStats, cyclic_sources, sample_dirichlet
-from testing import assert_close
+from testing import assert_close, hand_mixed_labels
 
 B, CLASSES, SIZE = 8, 4, (8, 8)
 SOLVE = dict(method="newton_sp", mask_size=4)  # the solver's settings for the SuperMix checks
@@ -79,19 +79,6 @@ def one_hot(y, n) -> torch.Tensor:
     out = torch.zeros(len(y), n)
     for b, c in enumerate(y.tolist()):
         out[b, c] = 1.0
-    return out
-
-
-def hand_labels(sources, weights, y, n) -> torch.Tensor:
-    """sum_i w_i y_i row by row; y int [B] or soft [B,n]."""
-    out = torch.zeros(sources.shape[0], n, dtype=torch.float64)
-    for b in range(sources.shape[0]):
-        for i in range(sources.shape[1]):
-            s = int(sources[b, i])
-            if y.dim() == 1:
-                out[b, int(y[s])] += float(weights[b, i])
-            else:
-                out[b] += float(weights[b, i]) * y[s].double()
     return out
 
 
@@ -170,7 +157,7 @@ def test_mixup_target_labels_are_the_weighted_labels(k, labels):
     _, y_mix = mixer(x, y)
     res = mixer.last_result
     assert y_mix.dtype == torch.float32 and y_mix.shape == (B, CLASSES)
-    assert_close(y_mix, hand_labels(res.sources, res.weights, y, CLASSES), 1e-6, 1e-6, "sum_i r_i y_i")
+    assert_close(y_mix, hand_mixed_labels(res.sources, res.weights, y, CLASSES), 1e-6, 1e-6, "sum_i r_i y_i")
 
 
 def test_mixup_alpha_shapes_the_weights():
@@ -197,7 +184,7 @@ def test_blind_mixers_label_by_the_teacher_when_given_one(cls):
     assert torch.equal(x_t, x_mix), "the same draws"
     res = target.last_result
     assert res.probs is None
-    assert_close(y_t, hand_labels(res.sources, res.weights, y, CLASSES), 1e-6, 1e-6, "target labels")
+    assert_close(y_t, hand_mixed_labels(res.sources, res.weights, y, CLASSES), 1e-6, 1e-6, "target labels")
 
 
 def test_a_float64_teacher_gives_float32_labels():
@@ -252,7 +239,7 @@ def test_cutmix_labels_are_the_covered_pixel_fractions_not_r(k, labels):
     owner = torch.stack([(x_mix == x[sources[:, i]]).all(dim=1) for i in range(k)], dim=1)
     assert bool((owner.sum(dim=1) == 1).all()), "every pixel comes from exactly one source"
     fractions = owner.double().mean(dim=(2, 3))
-    assert_close(y_mix, hand_labels(sources, fractions, y, CLASSES), 1e-6, 1e-6, "labels = covered fractions")
+    assert_close(y_mix, hand_mixed_labels(sources, fractions, y, CLASSES), 1e-6, 1e-6, "labels = covered fractions")
     assert float((fractions - r.double()).abs().max()) > 0.05, "r and the covered fractions agree: vacuous"
 
 
@@ -370,7 +357,7 @@ def test_prob_per_sample_mixes_the_drawn_rows_among_themselves(labels):
         assert res.sources.shape == (len(rows), 3)
         # sources index the selected rows: the mix is made of selected images only.
         assert_close(x_mix[rows], blend(x[rows], res.sources, res.weights), 1e-6, 1e-6, "mixed rows")
-        assert_close(y_mix[rows], hand_labels(res.sources, res.weights, y[rows], CLASSES), 1e-6, 1e-6, "labels")
+        assert_close(y_mix[rows], hand_mixed_labels(res.sources, res.weights, y[rows], CLASSES), 1e-6, 1e-6, "labels")
         assert torch.equal(x, images(n=12)), "the input batch is left alone"
 
 
@@ -540,7 +527,7 @@ def test_supermix_keep_returns_the_solver_result(label):
     if label == "teacher":
         assert_close(y_mix, seen(teacher, x_mix), 1e-6, 1e-6, "teacher labels")
     else:
-        assert_close(y_mix, hand_labels(ref.sources, ref.weights, y, CLASSES), 1e-6, 1e-6, "target labels")
+        assert_close(y_mix, hand_mixed_labels(ref.sources, ref.weights, y, CLASSES), 1e-6, 1e-6, "target labels")
 
 
 @pytest.mark.parametrize("label", LABELS)
@@ -565,7 +552,7 @@ def test_supermix_drop_replaces_failures_with_a_blind_mix(label):
     if label == "teacher":
         assert_close(y_mix, seen(teacher, x_mix), 1e-6, 1e-6, "teacher labels")
     else:
-        assert_close(y_mix, hand_labels(ref.sources, ref.weights, y, CLASSES), 1e-6, 1e-6, "target labels")
+        assert_close(y_mix, hand_mixed_labels(ref.sources, ref.weights, y, CLASSES), 1e-6, 1e-6, "target labels")
 
 
 def test_supermix_drop_with_extreme_weights_keeps_finite_mask_logits():
@@ -643,7 +630,7 @@ def test_supermix_retry_solves_the_failures_again(k, alpha, seed, padded, monkey
     assert torch.equal(res.mixed, x_mix)
     assert torch.equal(res.sources[:, 0], first.sources[:, 0]), "each sample keeps its first source"
     assert_close(res.probs, seen(teacher, x_mix), 1e-6, 1e-6, "probs describe the returned images")
-    assert_close(y_mix, hand_labels(expected["sources"], expected["weights"], y, CLASSES), 1e-6, 1e-6, "labels")
+    assert_close(y_mix, hand_mixed_labels(expected["sources"], expected["weights"], y, CLASSES), 1e-6, 1e-6, "labels")
     assert first.stats.seconds == again.stats.seconds == 1
     for f in ("forward_calls", "backward_calls", "forward_samples", "backward_samples", "seconds"):
         assert getattr(res.stats, f) == getattr(first.stats, f) + getattr(again.stats, f), f

@@ -14,7 +14,7 @@ from torch import nn
 
 import supermix
 from supermix.mixers import CutMix, MixUp, SuperMix, create_mixer
-from testing import assert_close, shipped_teacher_and_test_images
+from testing import assert_close, hand_mixed_labels, shipped_teacher_and_test_images
 
 
 def _teacher_and_images():
@@ -55,19 +55,6 @@ def _random_batch(B=6, C=2, H=8, W=8, seed=0):
     return torch.rand(B, C, H, W, generator=g)
 
 
-def _hand_labels(sources, weights, y, num_classes):
-    """sum_i w_i y_i row by row in plain Python loops; y int [B] or soft [B,n]."""
-    out = torch.zeros(sources.shape[0], num_classes, dtype=torch.float64)
-    for b in range(sources.shape[0]):
-        for i in range(sources.shape[1]):
-            s = int(sources[b, i])
-            if y.dim() == 1:
-                out[b, int(y[s])] += float(weights[b, i])
-            else:
-                out[b] += float(weights[b, i]) * y[s].double()
-    return out
-
-
 def _soft(B, n, seed=1):
     """Random soft labels [B,n], rows summing to 1."""
     return (3 * torch.rand(B, n, generator=_gen(seed))).softmax(dim=1)
@@ -88,7 +75,7 @@ def test_mixup_labels_are_the_blend_weights(k, soft):
         torch.linalg.lstsq(x[sources[b]].reshape(k, -1).T.double(), x_mix[b].reshape(-1, 1).double()).solution[:, 0]
         for b in range(7)])
     assert_close(weights.sum(dim=1), torch.ones(7), 1e-5, 0, "recovered weights sum")
-    assert_close(y_mix, _hand_labels(sources, weights, y, n), 1e-5, 1e-5, "MixUp y_mix")
+    assert_close(y_mix, hand_mixed_labels(sources, weights, y, n), 1e-5, 1e-5, "MixUp y_mix")
     assert y_mix.dtype == torch.float32 and y_mix.shape == (7, n)
 
 
@@ -105,7 +92,7 @@ def test_cutmix_labels_are_covered_pixel_fractions(k, soft):
     assert bool((owner.sum(dim=1) == 1).all()), "every pixel comes from exactly one source"
     fractions = owner.double().mean(dim=(2, 3))
     assert bool(((fractions > 0) & (fractions < 1)).any()), "no box was pasted: the check is vacuous"
-    assert_close(y_mix, _hand_labels(sources, fractions, y, n), 1e-6, 0, "CutMix y_mix")
+    assert_close(y_mix, hand_mixed_labels(sources, fractions, y, n), 1e-6, 0, "CutMix y_mix")
 
 
 def test_blind_mixers_with_a_teacher_label_by_the_teacher(teacher, batch):
@@ -116,7 +103,7 @@ def test_blind_mixers_with_a_teacher_label_by_the_teacher(teacher, batch):
         target = type(mixer)(teacher=teacher, label="target", generator=_gen())
         x_t, y_t = target(x, y)
         assert_close(x_t, x_mix, 0, 0, f"{mixer.name}: same draws")
-        assert_close(y_t, _hand_labels(target.last_result.sources, target.last_result.weights, y, 10),
+        assert_close(y_t, hand_mixed_labels(target.last_result.sources, target.last_result.weights, y, 10),
                      1e-6, 0, f"{mixer.name} target labels")
 
 
@@ -256,7 +243,7 @@ def test_supermix_target_label_by_name(label, teacher, batch):
     _, y_mix = mixer(x, y)
     ref = supermix.solve(teacher, x, generator=_gen(3), **FEW_ITERS)
     if label == "target":
-        assert_close(y_mix, _hand_labels(ref.sources, ref.weights, y, 10), 1e-6, 0, "target labels")
+        assert_close(y_mix, hand_mixed_labels(ref.sources, ref.weights, y, 10), 1e-6, 0, "target labels")
     else:
         assert_close(y_mix, ref.probs, 1e-6, 0, "teacher labels")
 

@@ -24,7 +24,7 @@ __all__ = [
     "random_mix_inputs", "FAST_PATHS", "REPO", "ROOT", "subprocess_env", "TINY", "run_cli",
     "run_torchrun", "run_main", "make_teacher", "make_generated", "read_log", "epochs",
     "TIMING_KEYS", "without_timing", "state_dict", "max_abs_diff", "assert_one_line_error",
-    "assert_same_step", "shipped_teacher_and_test_images",
+    "assert_same_step", "shipped_teacher_and_test_images", "hand_mixed_labels",
 ]
 
 REPO = ROOT = Path(__file__).resolve().parents[1]
@@ -171,3 +171,17 @@ def shipped_teacher_and_test_images():
         pytest.skip(f"the shipped teacher {path} is missing")
     images, labels = data.load_tensors("fashion-mnist", train=False)
     return load_teacher(path), images, labels
+
+
+def hand_mixed_labels(sources, weights, y, num_classes: int) -> torch.Tensor:
+    """The mixers' target label sum_i w_i y_{sources_i} row by row in plain Python loops (the
+    oracle of the label tests); y int [B] or soft [B,n]; float64 [B', num_classes]."""
+    out = torch.zeros(sources.shape[0], num_classes, dtype=torch.float64)
+    for b in range(sources.shape[0]):
+        for i in range(sources.shape[1]):
+            s = int(sources[b, i])
+            if y.dim() == 1:
+                out[b, int(y[s])] += float(weights[b, i])
+            else:
+                out[b] += float(weights[b, i]) * y[s].double()
+    return out
