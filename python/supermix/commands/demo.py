@@ -19,7 +19,7 @@ from supermix_ext import BACKENDS
 from .. import args as sargs
 from .. import data as sdata
 from ..errors import UsageError
-from ..solver import DEFAULT_METHOD
+from ..generation.settings import DEFAULTS as GENERATE_DEFAULTS
 from ..teachers import load_teacher_for, locate_teacher
 
 __all__ = ["run_demo", "add_parser", "run"]
@@ -71,8 +71,8 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
     names = sdata.class_names(DEMO_DATA)
     with torch.no_grad():  # warm-up: one-time kernel and allocator set-up is not the mixers' cost
         model(x)
-    settings = {"k": k, "alpha": 3.0, "lambda_s": 25.0, "sigma": 1.0, "mask_size": 8,
-                "max_iters": max_iters, "method": DEFAULT_METHOD}
+    # generate's defaults (the paper's CIFAR settings, the default solver), with the demo's k.
+    settings = dict(GENERATE_DEFAULTS, k=k, max_iters=max_iters)
     figures: dict[str, dict] = {}
     results = {}
     for name in mixers:
