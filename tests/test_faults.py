@@ -165,9 +165,11 @@ def test_torchrun_job_on_a_locked_out_stops_on_every_rank(tmp_path, teacher):
         holder.kill()
         holder.wait()
     assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("supermix: error:")]
-    assert len(lines) == 2, proc.stderr
-    assert all(f"pid {holder.pid}" in line for line in lines), lines
+    # one error line per rank; counted as occurrences so the check is about the ranks stopping,
+    # not about how the two processes' writes to one pipe happened to be ordered
+    assert proc.stderr.count("supermix: error:") == 2, proc.stderr
+    assert proc.stderr.count(f"in use by another supermix process (pid {holder.pid}") == 2, \
+        proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
 
 

@@ -64,6 +64,14 @@ def _os_error(e: OSError) -> str:
     return f"{e.strerror or type(e).__name__}: {where}"
 
 
+def _report(message: str) -> None:
+    """Print ``message`` to stderr in one write, so the lines of several ranks of a torchrun job
+    sharing one stderr pipe never interleave mid-line (``print`` writes the text and the newline
+    separately)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the chosen command, return its status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -73,16 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = args.func(args)
     except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        _report(f"{PROG}: error: {e}")
         return 2
     except FloatingPointError as e:  # a NaN/inf teacher or solver state: nothing was written
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        _report(f"{PROG}: error: {_one_line(e)}")
         return 2
     except OSError as e:  # disk full, permission, I/O: one line naming the file, no traceback
-        print(f"{PROG}: error: {_os_error(e)}", file=sys.stderr)
+        _report(f"{PROG}: error: {_os_error(e)}")
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        _report(f"{PROG}: interrupted")
         return 130
     return 0 if status is None else int(status)
 
