@@ -16,6 +16,18 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 import pytest  # noqa: E402
 
+from testing import FAST_PATHS  # noqa: E402
+
+# GPU-only tests are not generated where they cannot run (a permanent skip says nothing): without
+# a CUDA fast path test_cuda_device.py is not collected, and the report header says so.
+HAS_CUDA_PATH = any(p.values[0] == "cuda" for p in FAST_PATHS)
+collect_ignore = [] if HAS_CUDA_PATH else ["test_cuda_device.py"]
+
+
+def pytest_report_header(config):
+    if not HAS_CUDA_PATH:
+        return "supermix: no CUDA device: tests/test_cuda_device.py not collected (benchmarks/gpu_check.sh runs it on a GPU)"
+
 
 @pytest.fixture
 def one_thread():

