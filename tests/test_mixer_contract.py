@@ -681,6 +681,33 @@ def test_supermix_options_reach_the_solver():
     assert int(free.last_result.iters.min()) == 0, "min_iters changes nothing: vacuous"
 
 
+@pytest.mark.parametrize("on_failure", ["drop", "retry"])
+def test_supermix_without_failures_does_no_extra_work(on_failure):
+    """When every sample meets the criterion, "drop" and "retry" cost exactly the solve: the
+    same teacher work, the same draws from the generator, and no teacher call on an empty batch."""
+    teacher, x, y = TinyTeacher(), images(), int_labels()
+    g, replay = gen(4), gen(4)
+    mixer = SuperMix(teacher, on_failure=on_failure, max_iters=3, generator=g, **SOLVE)
+    mixer(x, y)
+    ref = supermix.solve(TinyTeacher(), x, max_iters=3, generator=replay, **SOLVE)
+    assert bool(ref.success.all()), "a failure: not the case named"
+    res = mixer.last_result
+    assert torch.equal(res.mixed, ref.mixed) and bool(res.success.all())
+    for f in ("forward_calls", "backward_calls", "forward_samples", "backward_samples"):
+        assert getattr(res.stats, f) == getattr(ref.stats, f), f
+    assert torch.equal(g.get_state(), replay.get_state()), "more draws than the solve's"
+    assert all(n > 0 for n, _ in teacher.calls), teacher.calls
+
+
+def test_a_whole_batch_mix_returns_the_result_without_a_copy():
+    """With every row mixed, x_mix and y_mix are the result's own tensors (no batch-sized copy)."""
+    teacher = TinyTeacher()
+    for mixer in (MixUp(teacher=teacher, generator=gen(5)), SuperMix(teacher, max_iters=1, generator=gen(5), **SOLVE)):
+        x_mix, y_mix = mixer(images(), int_labels())
+        assert x_mix.data_ptr() == mixer.last_result.mixed.data_ptr(), mixer.name
+        assert y_mix.data_ptr() == mixer.last_result.probs.data_ptr(), mixer.name
+
+
 def test_supermix_width_must_match_the_teacher():
     with pytest.raises(ValueError, match=exact("SuperMix: num_classes=3 but the teacher returns 4 classes")):
         SuperMix(TinyTeacher(), num_classes=3)(images(), int_labels())
@@ -715,6 +742,25 @@ def test_every_tensor_is_made_on_the_images_device(make, seeded):
     assert mixer.last_index.device.type == "cpu"
     if seeded:
         assert torch.equal(x_mix, x_ref) and torch.equal(y_mix, y_ref)
+
+
+@pytest.mark.parametrize("cls", [MixUp, CutMix])
+@pytest.mark.parametrize("k", [2, 3])
+def test_draws_on_the_generator_device_results_on_the_images_device(cls, k):
+    """Images on another device than the generator (here "meta", standing in for GPU images with
+    a CPU generator): every draw is made on the generator's device, so the generator advances
+    exactly as it does for CPU images, and every tensor of the result is on the images' device."""
+    on_meta, on_cpu = gen(50), gen(50)
+    mixer = cls(k=k, num_classes=CLASSES)
+    res = mixer.mix_batch(torch.empty(B, 1, *SIZE, device="meta"), on_meta)
+    ref = mixer.mix_batch(images(), on_cpu)
+    assert torch.equal(on_meta.get_state(), on_cpu.get_state()), "a draw was not made on the generator"
+    for name in ("mixed", "sources", "weights", "targets", "iters", "success", "full_masks"):
+        value, expected = getattr(res, name), getattr(ref, name)
+        assert (value is None) == (expected is None), name
+        if value is not None:
+            assert value.device.type == "meta", name
+            assert value.shape == expected.shape and value.dtype == expected.dtype, name
 
 
 # ---------------------------------------------------------------------------- the call form ----

@@ -149,9 +149,10 @@ class _Mixer(nn.Module):
 
     name = "mixer"
 
-    def __init__(self, k: int = 2, alpha: float = 1.0, num_classes: int | None = None, teacher=None,
-                 label: str | None = None, label_smoothing: float = 0.0, prob: float = 1.0,
-                 mode: str = "batch", generator: torch.Generator | None = None):
+    # No defaults: each public mixer states its own (SuperMix's alpha and label differ from the
+    # blind mixers'), and passes every setting here.
+    def __init__(self, *, k: int, alpha: float, num_classes: int | None, teacher, label: str | None,
+                 label_smoothing: float, prob: float, mode: str, generator: torch.Generator | None):
         super().__init__()
         _check_common(self.name, k, alpha, num_classes, label_smoothing, prob, mode)
         if label is None:
@@ -317,9 +318,9 @@ class MixUp(_BlindMixer):
     name = "MixUp"
 
     def _blind_mix(self, x: torch.Tensor, generator: torch.Generator | None) -> MixResult:
-        device = _draw_device(generator, x)
-        sources = cyclic_sources(x.shape[0], self.k, generator, device).to(x.device)
-        weights = sample_dirichlet(x.shape[0], self.k, self.alpha, generator, device).to(x.device)
+        # The samplers draw on the generator's device when there is one, else on x's.
+        sources = cyclic_sources(x.shape[0], self.k, generator, x.device).to(x.device)
+        weights = sample_dirichlet(x.shape[0], self.k, self.alpha, generator, x.device).to(x.device)
         mixed = (weights.view(*weights.shape, 1, 1, 1).to(x.dtype) * x[sources]).sum(dim=1)
         return _blind_result(mixed, sources, weights)
 
