@@ -115,6 +115,74 @@ def test_generate_mask_size_sets_the_mask_grid(tmp_path, tiny_teacher, default_s
     assert _fields(out)["mask_logits"].shape == (8, 2, 8, 8)
 
 
+def _image_tree(root: Path, height: int, width: int) -> None:
+    """An ImageFolder tree (train/ and val/, classes ant and bee) of random RGB PNGs."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(3)
+    for split, count in (("train", 5), ("val", 2)):
+        for label in ("ant", "bee"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (height, width, 3), generator=g, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+
+
+def test_generate_imagefolder_mixes_at_the_teachers_input_size(tmp_path, capsys):
+    """Data other than Fashion-MNIST: an ImageFolder tree, mixed at the size the teacher was
+    trained on (``input_size`` 3x24x24: resized to 24 / 0.875 = 27, centre-cropped to 24, the
+    evaluation transform), not at the ImageFolder default of 224. Oracle: torchvision's own
+    ImageFolder and transforms read the sources again, mixed with the stored mask logits."""
+    from torchvision import datasets, transforms
+
+    from supermix import models
+    from supermix.checkpoint import save_checkpoint
+    from supermix_ext.reference import mix_ref
+
+    # 27 x 31 pixels: Resize(27) leaves them as they are, so the oracle's crop is exact.
+    tree = tmp_path / "tree"
+    _image_tree(tree, 27, 31)
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(teacher, models.create("resnet8", num_classes=2, in_channels=3),
+                    {"arch": "resnet8", "num_classes": 2, "in_channels": 3, "data": "imagefolder",
+                     "input_size": [3, 24, 24], "mean": [0.485, 0.456, 0.406],
+                     "std": [0.229, 0.224, 0.225]})
+    out = tmp_path / "set"
+    m = _generate(out, teacher, "--data", f"imagefolder:{tree}", "--mask-size", "6", size=6)
+    assert m["config"]["image_shape"] == [3, 24, 24]
+    assert m["data"]["size"] == 10
+    ds = MixedDataset(out)
+    assert ds.class_names == ["ant", "bee"]
+    mixed = ds.read_field("mixed")
+    assert mixed.shape == (6, 3, 24, 24)
+    oracle = datasets.ImageFolder(str(tree / "train"), transform=transforms.Compose(
+        [transforms.CenterCrop(24), transforms.ToTensor()]))
+    sources = ds.read_field("sources")
+    src = torch.stack([torch.stack([oracle[int(i)][0] for i in row]) for row in sources])
+    expected, _ = mix_ref(src, ds.read_field("mask_logits"))
+    assert (expected - mixed.float() / 255).abs().max() <= 0.5 / 255 + 1e-5
+    # The target mixes the teacher's classes of the sources (on the normalised, resized images)
+    # with the weights r.
+    from supermix.teachers import load_teacher
+
+    net = load_teacher(teacher)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        labels = net((src.flatten(0, 1) - mean) / std).argmax(1).view_as(sources)
+    onehot = torch.nn.functional.one_hot(labels, 2).float()
+    y_hat = (ds.read_field("r").float()[..., None] * onehot).sum(1)
+    torch.testing.assert_close(ds.read_field("y_hat").float(), y_hat)
+    # ``supermix show`` draws the sources at the set's size too.
+    picture = tmp_path / "show.png"
+    capsys.readouterr()
+    assert run_main(["show", str(out), "--out", str(picture), "--num", "2"]) == 0
+    assert "sources not drawn" not in capsys.readouterr().err
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.fixture(scope="module")
 def shipped_teacher() -> Path:
     """The shipped ResNet-20: unlike the random teacher it needs several solver iterations, so

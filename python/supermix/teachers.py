@@ -26,6 +26,7 @@ __all__ = [
     "locate_teacher",
     "load_teacher",
     "teacher_view",
+    "teacher_image_size",
     "check_teacher_fits",
     "load_teacher_for",
     "check_teacher_runs",
@@ -98,6 +99,14 @@ def teacher_view(config: dict, data_name: str) -> bool:
     return data_name == "fashion-mnist" and (
         bool(config.get("as_cifar")) or (int(config["in_channels"]) == 3 and size is not None
                                          and list(size)[1:] == [32, 32]))
+
+
+def teacher_image_size(config: dict, default: int = 224) -> int:
+    """The side of the square images the teacher was trained and evaluated on (``input_size``
+    [C, H, W] of its config; ``train-teacher --image-size`` for ImageFolder data), else
+    ``default``, the ImageFolder default."""
+    size = config.get("input_size")
+    return int(list(size)[-1]) if size else default
 
 
 def check_teacher_fits(path: Path, config: dict, spec: str, root: str | None = None) -> bool:

@@ -37,12 +37,19 @@ def show(root: str, out: str, num: int = 8, start: int = 0, verify: bool = True,
     names = ds.class_names
     meta = ds.manifest["data"]
     k = int(ds.manifest["config"]["k"])
+    image_shape = tuple(ds.manifest["config"]["image_shape"])
     source = None
     try:
         spec = meta["spec"] if data_root is None else meta["given"]
         source = ImageSource(spec, data_root, meta["split"] == "train", bool(meta["as_cifar"]),
-                              meta["mean"], meta["std"], torch.device("cpu"))
+                              meta["mean"], meta["std"], torch.device("cpu"),
+                              image_size=int(image_shape[-1]))
+        # Other data under --data-root than the set was mixed from: its sources would mislead.
+        if tuple(source.shape) != image_shape:
+            raise UsageError(f"--data-root: the set was mixed from {image_shape} images, the "
+                             f"data's are {tuple(source.shape)}")
     except UsageError as e:
+        source = None
         log(f"supermix show: sources not drawn: {e}")
     has_masks = ds.has_field("mask_logits")
     rows = []

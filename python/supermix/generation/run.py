@@ -23,7 +23,8 @@ from ..mixed_set import (FORMAT, FORMAT_VERSION, MANIFEST, PNG_DIR, ShardStats, 
                          write_pngs, write_shard)
 from ..runtime import (DistInfo, init_distributed, lock_output_for, progress, resolve_device,
                        shutdown_distributed)
-from ..teachers import check_teacher_runs, describe_teacher, load_teacher_for, locate_teacher
+from ..teachers import (check_teacher_runs, describe_teacher, load_teacher_for, locate_teacher,
+                        teacher_image_size)
 from .settings import IDENTITY_KEYS, GenerateSettings, check_image_fit
 from .shards import GenerationError, check_finite, generate_shard, make_mixer, shard_quotas
 from .source import ImageSource, subset_indices
@@ -106,7 +107,8 @@ def _generate(settings: GenerateSettings, s: dict, preset_values: dict, teacher_
         resolved_backend = resolve_backend(dev, backend)
     except (ValueError, RuntimeError) as e:
         raise UsageError(f"--backend: {e}") from e
-    source = ImageSource(data, data_root, s["split"] == "train", as_cifar, mean, std, dev)
+    source = ImageSource(data, data_root, s["split"] == "train", as_cifar, mean, std, dev,
+                         image_size=teacher_image_size(teacher_model.supermix_config))
     source.subset, subset_sha = subset_indices(settings.limit, source.split_size)
     if len(source) < s["k"]:
         raise UsageError(f"--data: {data!r} has {len(source)} images, fewer than k={s['k']}")

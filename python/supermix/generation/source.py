@@ -47,11 +47,13 @@ class ImageSource:
 
     ``subset``: the split indices to draw from (None: all); :meth:`split_index` maps a
     position in the source back to the split, which is what a shard's ``sources`` store.
+    ``image_size``: the side ImageFolder images are resized and centre-cropped to (the test-time
+    transform the teacher was evaluated with); the other data sets have their own size.
     """
 
     def __init__(self, spec: str, root: str | None, train: bool, as_cifar: bool,
                  mean: Sequence[float], std: Sequence[float], device: torch.device,
-                 subset: torch.Tensor | None = None):
+                 subset: torch.Tensor | None = None, image_size: int = 224):
         self.name, self.root = sdata.parse_spec(spec, root)
         self.device = device
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
@@ -62,7 +64,7 @@ class ImageSource:
         self.subset = subset
         if self.name == "imagefolder":
             from torchvision.transforms import v2
-            tf = sdata.eval_transform(self.name)
+            tf = sdata.eval_transform(self.name, image_size)
             # The eval transform normalises; keep pixel space here and normalise below.
             tf = v2.Compose([t for t in tf.transforms if not isinstance(t, v2.Normalize)])
             self.dataset = sdata.build_dataset(spec, train=train, root=root, transform=tf)
