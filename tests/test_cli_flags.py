@@ -138,8 +138,10 @@ def test_generate_imagefolder_mixes_at_the_teachers_input_size(tmp_path, capsys)
 
     from supermix import models
     from supermix.checkpoint import save_checkpoint
+    from supermix.teachers import load_teacher
     from supermix_ext.reference import mix_ref
 
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     # 27 x 31 pixels: Resize(27) leaves them as they are, so the oracle's crop is exact.
     tree = tmp_path / "tree"
     _image_tree(tree, 27, 31)
@@ -147,8 +149,7 @@ def test_generate_imagefolder_mixes_at_the_teachers_input_size(tmp_path, capsys)
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(teacher, models.create("resnet8", num_classes=2, in_channels=3),
                     {"arch": "resnet8", "num_classes": 2, "in_channels": 3, "data": "imagefolder",
-                     "input_size": [3, 24, 24], "mean": [0.485, 0.456, 0.406],
-                     "std": [0.229, 0.224, 0.225]})
+                     "input_size": [3, 24, 24], "mean": mean, "std": std})
     out = tmp_path / "set"
     m = _generate(out, teacher, "--data", f"imagefolder:{tree}", "--mask-size", "6", size=6)
     assert m["config"]["image_shape"] == [3, 24, 24]
@@ -165,13 +166,10 @@ def test_generate_imagefolder_mixes_at_the_teachers_input_size(tmp_path, capsys)
     assert (expected - mixed.float() / 255).abs().max() <= 0.5 / 255 + 1e-5
     # The target mixes the teacher's classes of the sources (on the normalised, resized images)
     # with the weights r.
-    from supermix.teachers import load_teacher
-
-    net = load_teacher(teacher)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    normalised = (src.flatten(0, 1) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
+        std).view(1, 3, 1, 1)
     with torch.no_grad():
-        labels = net((src.flatten(0, 1) - mean) / std).argmax(1).view_as(sources)
+        labels = load_teacher(teacher)(normalised).argmax(1).view_as(sources)
     onehot = torch.nn.functional.one_hot(labels, 2).float()
     y_hat = (ds.read_field("r").float()[..., None] * onehot).sum(1)
     torch.testing.assert_close(ds.read_field("y_hat").float(), y_hat)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from .data import IMAGEFOLDER_IMAGE_SIZE
 from .training.schedule import SCHEDULE_DEFAULTS, SCHEDULE_PRESETS
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "DATA_HELP",
     "add_teacher_argument",
     "add_data_arguments",
+    "add_image_size_argument",
     "add_threads_argument",
     "add_schedule_arguments",
     "add_runtime_arguments",
@@ -80,8 +82,13 @@ def add_data_arguments(g, default: str | None = "fashion-mnist", default_help: s
         g.add_argument("--as-cifar", action="store_true",
                        help="Fashion-MNIST as 3x32x32 (pad 2, repeat channels)")
     if image_size:
-        g.add_argument("--image-size", type=positive_int, default=224,
-                       help="crop size for imagefolder data (default %(default)s)")
+        add_image_size_argument(g)
+
+
+def add_image_size_argument(g) -> None:
+    """``--image-size``: the side of ImageFolder crops."""
+    g.add_argument("--image-size", type=positive_int, default=IMAGEFOLDER_IMAGE_SIZE,
+                   help="crop size for imagefolder data (default %(default)s)")
 
 
 def add_threads_argument(g, help_more: str = "") -> None:

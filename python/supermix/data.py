@@ -42,6 +42,7 @@ from .errors import MissingFileError, UsageError
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_ROOT",
+    "IMAGEFOLDER_IMAGE_SIZE",
     "DATASET_STATS",
     "FASHION_MNIST_CLASSES",
     "CIFAR10_CLASSES",
@@ -65,6 +66,9 @@ __all__ = [
 ]
 
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+# The side of ImageFolder crops when neither --image-size nor a teacher's input_size says.
+IMAGEFOLDER_IMAGE_SIZE = 224
 
 # (mean, std) per channel of the training split, on images scaled to [0, 1].
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -178,7 +182,7 @@ def image_shape(spec: str, as_cifar: bool = False) -> tuple[int, int, int]:
         return (3, 32, 32) if as_cifar else (1, 28, 28)
     if name in ("cifar10", "cifar100"):
         return (3, 32, 32)
-    return (3, 224, 224)
+    return (3, IMAGEFOLDER_IMAGE_SIZE, IMAGEFOLDER_IMAGE_SIZE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,7 +414,7 @@ def load_tensors(name: str = "fashion-mnist", train: bool = False,
 
 
 def train_transform(spec: str, as_cifar: bool = False, randaugment: bool = False,
-                    image_size: int = 224) -> Callable:
+                    image_size: int = IMAGEFOLDER_IMAGE_SIZE) -> Callable:
     """Training augmentation for one image (PIL or uint8 tensor [C, H, W]) -> normalised float.
 
     Fashion-MNIST: random crop (padding 2 at 28x28, 4 at 32x32) + horizontal flip.
@@ -435,7 +439,7 @@ def train_transform(spec: str, as_cifar: bool = False, randaugment: bool = False
     return v2.Compose(ops)
 
 
-def eval_transform(spec: str, image_size: int = 224) -> Callable:
+def eval_transform(spec: str, image_size: int = IMAGEFOLDER_IMAGE_SIZE) -> Callable:
     """Test-time transform: ImageFolder resizes to image_size / 0.875 and center-crops."""
     from torchvision.transforms import v2
 
@@ -463,7 +467,7 @@ def _imagefolder_split(root: str, train: bool) -> Path:
 def build_dataset(spec: str, train: bool = True, root: str | os.PathLike | None = None,
                   transform: Callable | None = None, augment: bool = True,
                   randaugment: bool = False, as_cifar: bool = False, download: bool = False,
-                  image_size: int = 224) -> Dataset:
+                  image_size: int = IMAGEFOLDER_IMAGE_SIZE) -> Dataset:
     """A Dataset of (normalised float image [C, H, W], int label) for a data spec.
 
     ``transform`` replaces the default, which is :func:`train_transform` for the training split

@@ -101,10 +101,10 @@ def teacher_view(config: dict, data_name: str) -> bool:
                                          and list(size)[1:] == [32, 32]))
 
 
-def teacher_image_size(config: dict, default: int = 224) -> int:
+def teacher_image_size(config: dict, default: int = sdata.IMAGEFOLDER_IMAGE_SIZE) -> int:
     """The side of the square images the teacher was trained and evaluated on (``input_size``
     [C, H, W] of its config; ``train-teacher --image-size`` for ImageFolder data), else
-    ``default``, the ImageFolder default."""
+    ``default``."""
     size = config.get("input_size")
     return int(list(size)[-1]) if size else default
 

@@ -80,8 +80,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="data spec (default: the teacher's data set)")
     g.add_argument("--data-root", default=None, help="folder of the data set")
     g.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
-    g.add_argument("--image-size", type=sargs.positive_int, default=224,
-                   help="crop size for imagefolder data (default %(default)s)")
+    sargs.add_image_size_argument(g)
     m = p.add_argument_group("mixed images")
     src = m.add_mutually_exclusive_group()
     src.add_argument("--mixed", default=None,

@@ -50,8 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
     g.add_argument("--as-cifar", action="store_true",
                    help="Fashion-MNIST as 3x32x32 (pad 2, repeat channels)")
-    g.add_argument("--image-size", type=sargs.positive_int, default=224,
-                   help="crop size for imagefolder data (default %(default)s)")
+    sargs.add_image_size_argument(g)
     m = p.add_argument_group("mixed images")
     m.add_argument("--mixed", default=None, help="a set written by 'supermix generate'")
     m.add_argument("--mixed-label", choices=MIXED_LABELS, default="teacher_probs",

@@ -53,7 +53,8 @@ class ImageSource:
 
     def __init__(self, spec: str, root: str | None, train: bool, as_cifar: bool,
                  mean: Sequence[float], std: Sequence[float], device: torch.device,
-                 subset: torch.Tensor | None = None, image_size: int = 224):
+                 subset: torch.Tensor | None = None,
+                 image_size: int = sdata.IMAGEFOLDER_IMAGE_SIZE):
         self.name, self.root = sdata.parse_spec(spec, root)
         self.device = device
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)

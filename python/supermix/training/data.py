@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from ..data import IMAGEFOLDER_IMAGE_SIZE
 from ..errors import UsageError
 from ..mixed_set import GeneratedSet
 from ..runtime import DistInfo, make_generator
@@ -28,7 +29,8 @@ class LabelledData:
     def __init__(self, spec: str, root: str | None = None, *, as_cifar: bool = False,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  limit_train: int | None = None, limit_test: int | None = None,
-                 randaugment: bool = False, download: bool = False, image_size: int = 224,
+                 randaugment: bool = False, download: bool = False,
+                 image_size: int = IMAGEFOLDER_IMAGE_SIZE,
                  workers: int = 0):
         from .. import data as sm_data
 
