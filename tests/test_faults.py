@@ -426,7 +426,12 @@ def _bad_checkpoints(tmp_path: Path, teacher: Path) -> dict[str, Path]:
     paths["code"] = tmp_path / "code.pt"
     torch.save({"state_dict": _Code(tmp_path / "ran"), "config": ckpt["config"]}, paths["code"])
     paths["random"] = tmp_path / "random.pt"
-    paths["random"].write_bytes(os.urandom(4096))
+    noise = torch.randint(0, 256, (4096,), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0)).numpy().tobytes()
+    paths["random"].write_bytes(b"\x01" + noise)
+    # Random bytes that start like a pickle of protocol 157: torch warns before it fails.
+    paths["pickle_like"] = tmp_path / "pickle_like.pt"
+    paths["pickle_like"].write_bytes(b"\x80\x9d" + noise)
     paths["list"] = tmp_path / "list.pt"
     torch.save({"state_dict": list(ckpt["state_dict"].values()), "config": ckpt["config"]},
                paths["list"])
@@ -441,6 +446,7 @@ CHECKPOINT_CASES = {
     "code": ("holds pickled code (the global posix.system), which "
              "torch.load(weights_only=True) blocks; it was not run",),
     "random": ("is not a torch checkpoint",),
+    "pickle_like": ("is not a torch checkpoint",),
     "list": ("wrong structure: 'state_dict' is a list, expected a dict of tensors",),
     "classes": ("wrong structure: config num_classes is '10' (str), expected an integer",),
 }

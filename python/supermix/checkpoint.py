@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +202,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not path.is_file():
         raise MissingFileError(f"checkpoint: no file at {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # A file that is not a checkpoint but starts like a pickle (0x80, then a byte read as
+            # the protocol) makes torch warn before it fails: the error below says it once.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol",
+                                    category=UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError as e:
         raise MissingFileError(f"checkpoint: cannot read {path}: {e.strerror or e}") from e
     except Exception as e:  # noqa: BLE001 -- unpickling, zip, EOF and format errors
