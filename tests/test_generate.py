@@ -232,6 +232,70 @@ def test_deterministic_shards_depend_on_seed(tmp_path, tiny_teacher):
         assert torch.equal(a[name], d[name]), name
 
 
+def test_shard_index_and_mix_streams_are_independent():
+    """Which images a shard draws and how it mixes them come from two unrelated streams. They
+    were once one seed (``seed * 1000003 + j`` for both), so the same random numbers picked the
+    images and their partners: ``randperm(3000)[0]`` and ``randperm(128)[0]`` then agree modulo
+    8 (3000 and 128 share the factor 8) for every seed, a coupling no study should carry."""
+    seeds = [gen.shard_seed(s, j, stream) for s in range(40) for j in range(3)
+             for stream in ("index", "mix")]
+    assert len(set(seeds)) == len(seeds)
+    agree = 0
+    for s in range(40):
+        index_gen = torch.Generator().manual_seed(gen.shard_seed(s, 0, "index"))
+        mix_gen = torch.Generator().manual_seed(gen.shard_seed(s, 0, "mix"))
+        first_index = int(torch.randperm(3000, generator=index_gen)[0])
+        first_partner = int(torch.randperm(128, generator=mix_gen)[0])
+        agree += first_index % 8 == first_partner % 8
+    # Independent streams agree 1 time in 8 (5 of 40 expected; P(>= 15) < 1e-4); the shared
+    # seed made it 40 of 40.
+    assert agree < 15
+    with pytest.raises(ValueError, match="stream: expected 'index' or 'mix', got 'mixed'"):
+        gen.shard_seed(0, 0, "mixed")
+
+
+def test_generate_shard_draws_images_and_mixes_from_the_two_streams(tiny_teacher):
+    """generate_shard takes its image draws from the "index" stream and hands the mixer a
+    generator of the "mix" stream (an oracle that replays both)."""
+    from supermix.generation import shards
+
+    class Source:
+        def __init__(self):
+            self.drawn = []
+
+        def __len__(self):
+            return 50
+
+        def batch(self, index):
+            self.drawn.append(index.clone())
+            return torch.randn(len(index), 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+        def to_pixels(self, x):
+            return x
+
+        def split_index(self, index):
+            return index
+
+    seen = []
+
+    class Mixer:
+        def mix_batch(self, x, generator):
+            seen.append(generator.initial_seed())
+            result = mixers.MixUp(k=2, num_classes=3).mix_batch(x, generator)
+            result.labels = torch.zeros(x.shape[0], dtype=torch.int64)
+            result.probs = torch.full((x.shape[0], 3), 1 / 3)
+            return result
+
+    from supermix import mixers
+    settings = dict(seed=7, mixer="mixup", k=2, batch_size=16, keep_failed=True, store="float16")
+    source = Source()
+    shards.generate_shard(2, 16, settings, source, Mixer(), torch.device("cpu"),
+                          lambda *_: None)
+    index_gen = torch.Generator().manual_seed(gen.shard_seed(7, 2, "index"))
+    assert torch.equal(source.drawn[0], torch.randperm(50, generator=index_gen)[:16])
+    assert seen == [gen.shard_seed(7, 2, "mix")]
+
+
 # ------------------------------------------------------------------------------- corruption ----
 def test_corrupt_shard_is_detected_and_named(tmp_path, tiny_teacher):
     _generate(tmp_path, tiny_teacher, 40)

@@ -19,7 +19,14 @@ student alone                  ``--w-ce 1``
 KD [14]                        ``--w-ce 0.1 --w-kd 0.9`` (CRD's setting, T = 4)
 CE distillation on a mixed set ``--w-ce 1 --w-mixed-ce 1 --mixed DIR``
 KD + a mixed set               ``--w-ce 0.1 --w-kd 0.9 --w-mixed-kd 0.9 --mixed DIR``
+the original code's objective  ``--recipe paper``: ``--w-ce 1.8 --w-kd 0.2 --w-mixed-ce 1.8
+                               --w-mixed-kd 0 --T 4`` (its ``-r 1.8 -a 0.2``: hard teacher
+                               labels on the mixed images, KD on the real images only)
 =============================  ==============================================================
+
+A ``--recipe`` names a whole objective (:data:`RECIPES`); an explicit ``--w-*`` or ``--T``
+flag overrides that one weight. The recipe and the weights that ran are printed, logged in the
+start record and kept in the checkpoint's config.
 
 Mixed images come from a set written by ``supermix generate`` (``--mixed DIR``, offline, as
 the paper) or are made from each real batch by a teacher-labelled mixer (``--online supermix |
@@ -56,6 +63,15 @@ __all__ = [
 ]
 
 ONLINE_MIXERS = ("supermix", "mixup", "cutmix")
+
+# Named objectives: the weights and temperature of each (flags override single values).
+RECIPES: dict[str, DistillWeights] = {
+    # alldbi/SuperMix helper/loops.py: gamma (CE(real, y) + CE(mixed, argmax teacher(mixed)))
+    # + alpha KD_T(real), with its README's -r 1.8 -a 0.2; the KD-on-mixed line is commented out.
+    "paper": DistillWeights(ce=1.8, kd=0.2, mixed_ce=1.8, mixed_kd=0.0, T=4.0),
+    # CRD's KD setting, with KD on the mixed images too (this package's earlier study).
+    "kd-mixed": DistillWeights(ce=0.1, kd=0.9, mixed_ce=1.0, mixed_kd=0.9, T=4.0),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,16 +117,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="online supermix: mask grid side (default %(default)s)")
     m.add_argument("--max-iters", type=int, default=50, help="online supermix: iteration cap (default %(default)s)")
     o = p.add_argument_group("objective (original code: -r CE, -a KD)")
-    o.add_argument("--w-ce", type=sargs.non_negative_float, default=1.0,
-                   help="cross-entropy on the real labels (default %(default)s)")
-    o.add_argument("--w-kd", type=sargs.non_negative_float, default=0.0,
-                   help="KD on the real images (default %(default)s)")
+    o.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                   help="a named objective; explicit --w-*/--T flags override its values. "
+                        "paper: the original code's 1.8 CE(real) + 1.8 CE(mixed, teacher's "
+                        "top class) + 0.2 KD_4(real), no KD on mixed images; kd-mixed: 0.1 CE "
+                        "+ 0.9 KD_4 on the real images, 1 CE + 0.9 KD_4 on the mixed ones")
+    o.add_argument("--w-ce", type=sargs.non_negative_float, default=None,
+                   help="cross-entropy on the real labels (default 1, or the recipe's)")
+    o.add_argument("--w-kd", type=sargs.non_negative_float, default=None,
+                   help="KD on the real images (default 0, or the recipe's)")
     o.add_argument("--w-mixed-ce", type=sargs.non_negative_float, default=None,
                    help="CE to the teacher's top class on the mixed images "
-                        "(default 1 with --mixed/--online, else 0)")
-    o.add_argument("--w-mixed-kd", type=sargs.non_negative_float, default=0.0,
-                   help="KD on the mixed images (default %(default)s)")
-    o.add_argument("--T", type=float, default=4.0, help="KD temperature (default %(default)s)")
+                        "(default 1 with --mixed/--online, else 0; or the recipe's)")
+    o.add_argument("--w-mixed-kd", type=sargs.non_negative_float, default=None,
+                   help="KD on the mixed images (default 0, or the recipe's)")
+    o.add_argument("--T", type=float, default=None,
+                   help="KD temperature (default 4, or the recipe's)")
     sargs.add_schedule_arguments(p)
     sargs.add_runtime_arguments(p)
     p.set_defaults(func=run)
@@ -118,10 +140,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _weights(args) -> DistillWeights:
+    """The objective: the recipe's weights (or the plain defaults), each explicit flag
+    overriding its own value."""
     has_source = args.mixed is not None or args.online is not None
-    mixed_ce = args.w_mixed_ce if args.w_mixed_ce is not None else (1.0 if has_source else 0.0)
-    if not math.isfinite(args.T) or args.T <= 0:
-        raise UsageError(f"--T: expected a temperature > 0, got {args.T}")
+    base = RECIPES[args.recipe] if args.recipe else DistillWeights(
+        mixed_ce=1.0 if has_source else 0.0)
+
+    def pick(flag, default):
+        return float(flag) if flag is not None else float(default)
+
+    ce, kd = pick(args.w_ce, base.ce), pick(args.w_kd, base.kd)
+    mixed_ce, mixed_kd = pick(args.w_mixed_ce, base.mixed_ce), pick(args.w_mixed_kd, base.mixed_kd)
+    T = pick(args.T, base.T)
+    if not math.isfinite(T) or T <= 0:
+        raise UsageError(f"--T: expected a temperature > 0, got {T}")
     if args.online:
         if args.k < 2:
             raise UsageError(f"--k: expected at least 2 images per mix, got {args.k}")
@@ -129,8 +161,7 @@ def _weights(args) -> DistillWeights:
             raise UsageError(f"--alpha: expected a Dirichlet alpha > 0, got {args.alpha}")
         if args.max_iters < 0:
             raise UsageError(f"--max-iters: expected >= 0, got {args.max_iters}")
-    w = DistillWeights(ce=args.w_ce, kd=args.w_kd, mixed_ce=mixed_ce, mixed_kd=args.w_mixed_kd,
-                       T=float(args.T))
+    w = DistillWeights(ce=ce, kd=kd, mixed_ce=mixed_ce, mixed_kd=mixed_kd, T=T)
     if w.needs_mixed and not has_source:
         raise UsageError(f"--w-mixed-ce/--w-mixed-kd: mixed terms ({w.mixed_ce}, {w.mixed_kd}) "
                          f"need mixed images: pass --mixed DIR or --online MIXER")
@@ -212,7 +243,8 @@ def _run(args, info: DistInfo) -> int:
 
     run_args = tr.run_arguments(args)
     config = dict(data.model_config(args.student), teacher=args.teacher,
-                  teacher_arch=tconfig.get("arch"))
+                  teacher_arch=tconfig.get("arch"), recipe=args.recipe,
+                  objective=dataclasses.asdict(weights))
     state = tr.TrainState(
         model=model, module=module, optimizer=optimizer, info=info, out=out, config=config,
         run_args=run_args, epochs=epochs, decay_epochs=decays, lr=args.lr,
@@ -223,7 +255,8 @@ def _run(args, info: DistInfo) -> int:
         "distill", args, run_args, config, info, labelled_images=n, mixed_images=n_mixed,
         epoch_slots=slots, kappa=(n_mixed / n) if n_mixed else None, epochs=epochs,
         lr_decay_epochs=decays, steps_per_epoch=steps,
-        teacher_test_top1=tconfig.get("test_accuracy"), weights=dataclasses.asdict(weights))
+        teacher_test_top1=tconfig.get("test_accuracy"), recipe=args.recipe,
+        weights=dataclasses.asdict(weights))
     if args.resume:
         tr.try_resume(state, tr.must_match(run_args))
     if info.is_main and generated is not None:
@@ -234,7 +267,7 @@ def _run(args, info: DistInfo) -> int:
                if generated is not None else f"online {args.online}" if args.online
                else "no mixed images")
         print(f"distill: {tconfig.get('arch')} -> {args.student} on {spec} ({n} labelled), "
-              f"{src}; weights ce {weights.ce} kd {weights.kd} mixed-ce {weights.mixed_ce} "
+              f"{src}; recipe {args.recipe or 'none'}: weights ce {weights.ce} kd {weights.kd} mixed-ce {weights.mixed_ce} "
               f"mixed-kd {weights.mixed_kd} T {weights.T}; {epochs} epochs x {steps} steps of "
               f"{args.batch_size}, lr {args.lr} decayed at {decays}; {info.world} process(es) "
               f"on {device}", flush=True)

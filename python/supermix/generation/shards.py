@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..mixed_set import ShardStats, to_stored
+from ..runtime import derive_seed
 from .source import ImageSource
 
 __all__ = [
@@ -38,9 +39,15 @@ def shard_quotas(size: int, shard_size: int) -> list[int]:
     return [min(shard_size, size - j * shard_size) for j in range(count)]
 
 
-def shard_seed(seed: int, j: int) -> int:
-    """Seed of shard j's generators: a pure function of (seed, j)."""
-    return (int(seed) * 1_000_003 + int(j)) % (2 ** 63)
+def shard_seed(seed: int, j: int, stream: str) -> int:
+    """Seed of shard j's ``stream`` generator ("index": which images are drawn, "mix": how they
+    are mixed): a hash of (seed, j, stream), so that the two streams of a shard, and the streams
+    of different seeds and shards, are unrelated. (Both streams once had the seed
+    ``seed * 1000003 + j``: the same random numbers chose the images and their partners and
+    weights.)"""
+    if stream not in ("index", "mix"):
+        raise ValueError(f"stream: expected 'index' or 'mix', got {stream!r}")
+    return derive_seed(seed, "shard", int(j), stream)
 
 
 def make_mixer(s: dict, teacher: nn.Module, backend: str | None):
@@ -86,9 +93,8 @@ def blind_success(result, k: int) -> torch.Tensor:
 def generate_shard(j: int, quota: int, s: dict, source: ImageSource, mixer, device,
                    progress: Callable[[int, ShardStats], None]) -> tuple[dict, ShardStats]:
     """Mix batches until shard j holds ``quota`` samples; returns its tensors and statistics."""
-    seed = shard_seed(s["seed"], j)
-    index_gen = torch.Generator().manual_seed(seed)
-    mix_gen = torch.Generator(device=device).manual_seed(seed)
+    index_gen = torch.Generator().manual_seed(shard_seed(s["seed"], j, "index"))
+    mix_gen = torch.Generator(device=device).manual_seed(shard_seed(s["seed"], j, "mix"))
     blind = s["mixer"] != "supermix"
     keep_all = s["keep_failed"] or blind
     n_data = len(source)
