@@ -26,15 +26,38 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 
-import re
+# setuptools 77 reads pyproject's SPDX ``license = "MIT"``; older ones fail later with a
+# validation error that does not say what to install.
+MIN_SETUPTOOLS = (77, 0)
 
-from setuptools import find_packages, setup
 
-import torch
-import torch.utils.cpp_extension as cpp_extension
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+def _require_build_prerequisites() -> None:
+    """One line naming what to install when the build cannot start (a --no-build-isolation
+    build uses the environment's setuptools and torch as they are)."""
+    import setuptools
+
+    found = tuple(int(v) for v in re.findall(r"\d+", setuptools.__version__)[:2])
+    if found < MIN_SETUPTOOLS:
+        sys.exit(f"supermix: the build needs setuptools>={MIN_SETUPTOOLS[0]} (found "
+                 f"{setuptools.__version__}): pip install 'setuptools>={MIN_SETUPTOOLS[0]}' wheel, "
+                 "then pip install --no-build-isolation .")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        sys.exit("supermix: the build compiles against torch, which is not installed: pip install "
+                 "torch (the release to build for) first, then pip install --no-build-isolation .")
+
+
+_require_build_prerequisites()
+
+from setuptools import find_packages, setup  # noqa: E402
+
+import torch  # noqa: E402
+import torch.utils.cpp_extension as cpp_extension  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0"

@@ -32,7 +32,7 @@ fi
 export MAX_JOBS=${MAX_JOBS:-2}
 echo "[setup] building and installing supermix (editable) with its kernels"
 log=$(mktemp /tmp/supermix-build.XXXXXX.log)
-if ! .venv/bin/python -m pip install -v --no-build-isolation -e ".[test]" > "$log" 2>&1; then
+if ! .venv/bin/python -m pip install -v --no-build-isolation -e ".[test,bench]" > "$log" 2>&1; then
   tail -n 80 "$log"; echo "[setup] build failed; full log: $log"; exit 1
 fi
 grep -F "[supermix setup]" "$log" | sort -u || true

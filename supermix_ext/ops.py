@@ -76,18 +76,25 @@ def _compiled_cuda_version() -> int:
     return int(torch.ops.supermix.cuda_version())
 
 
+def cuda_mismatch_message(built: int, torch_cuda: str | None) -> str | None:
+    """Why a _C compiled with CUDA ``built`` (e.g. 13000) cannot run under a torch on CUDA
+    ``torch_cuda`` (e.g. "13.2"), or None. The major versions must match: CUDA keeps
+    minor-version compatibility within a major release (as torch's own extension builder does,
+    a 13.0 toolkit builds for a torch on CUDA 13.2, the torch 2.15 wheels), not across majors."""
+    if built <= 0 or torch_cuda is None:
+        return None
+    built_major, built_minor = built // 1000, (built % 1000) // 10
+    if built_major == int(torch_cuda.split(".")[0]):
+        return None
+    return (f"supermix_ext._C was compiled with CUDA {built_major}.{built_minor} but PyTorch uses "
+            f"CUDA {torch_cuda} (the major versions must match); rebuild with "
+            "`pip install --no-build-isolation .` against this PyTorch")
+
+
 def _check_cuda_version_matches() -> None:
-    built = _compiled_cuda_version()
-    if built <= 0 or torch.version.cuda is None:
-        return
-    built_major_minor = (built // 1000, (built % 1000) // 10)
-    torch_major_minor = tuple(int(p) for p in torch.version.cuda.split(".")[:2])
-    if built_major_minor != torch_major_minor:
-        raise RuntimeError(
-            f"supermix_ext._C was compiled with CUDA {built_major_minor[0]}.{built_major_minor[1]} "
-            f"but PyTorch uses CUDA {torch.version.cuda}; rebuild with "
-            "`pip install --no-build-isolation .` against this PyTorch"
-        )
+    message = cuda_mismatch_message(_compiled_cuda_version(), torch.version.cuda)
+    if message is not None:
+        raise RuntimeError(message)
 
 
 _check_cuda_version_matches()

@@ -567,7 +567,7 @@ def test_every_triton_launch_runs_under_the_inputs_device_guard(monkeypatch):
         pytest.skip("the Triton kernels run on CUDA tensors here; this checks the CPU interpreter path")
     guarded: list[torch.device] = []
     launches: list[tuple[str, torch.device | None]] = []
-    real_wrap = _common.wrap_triton
+    real_launcher = _common.triton_launcher
 
     class RecordingGuard:
         def __init__(self, device):
@@ -579,12 +579,12 @@ def test_every_triton_launch_runs_under_the_inputs_device_guard(monkeypatch):
         def __exit__(self, *exc):
             guarded.pop()
 
-    def recording_wrap(kernel):
+    def recording_launcher(kernel, interpreted):
         launches.append((kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), guarded[-1] if guarded else None))
-        return real_wrap(kernel)
+        return real_launcher(kernel, interpreted)
 
     monkeypatch.setattr(_common, "device_guard", RecordingGuard)
-    monkeypatch.setattr(_common, "wrap_triton", recording_wrap)
+    monkeypatch.setattr(_common, "triton_launcher", recording_launcher)
     images, logits = random_mix_inputs(SMALL_MIX_SHAPES[0], "cpu")
     for deterministic in (False, True):
         logits_ = logits.clone().requires_grad_()
@@ -597,10 +597,11 @@ def test_every_triton_launch_runs_under_the_inputs_device_guard(monkeypatch):
                      "_newton_step_kernel"}, names
     unguarded = [name for name, device in launches if device != torch.device("cpu")]
     assert not unguarded, f"launched outside a guard for the inputs' device: {unguarded}"
-    # Launch sites cannot bypass the guard: only _common.launch wraps kernels.
+    # Launch sites cannot bypass the guard: only _common.launch launches kernels.
     for module in modules:
         source = open(module.__file__).read()
-        assert "wrap_triton(" not in source and "](" not in source.replace("[(", ""), module.__name__
+        assert "wrap_triton(" not in source and "triton_launcher(" not in source, module.__name__
+        assert "](" not in source.replace("[(", ""), module.__name__
 
 
 def test_triton_launch_plans_fit_cuda_grid_limits_and_switch_to_int64():
@@ -625,3 +626,37 @@ def test_triton_launch_plans_fit_cuda_grid_limits_and_switch_to_int64():
         _common.check_grid((2**31,), "mix_triton")
     with pytest.raises(ValueError, match="grid axis 1"):
         _common.check_grid((1, 65536), "mix_triton")
+
+
+# ------------------------------------------------------------------ release compatibility ----
+def test_interpreter_problem_names_the_numpy_to_install():
+    from supermix_ext._compat import interpreter_problem
+
+    message = interpreter_problem("3.6.0", "2.4.6")
+    assert message is not None and "pip install 'numpy<2.4'" in message and "Triton 3.6.0" in message
+    assert interpreter_problem("3.6.0", "2.3.5") is None
+    assert interpreter_problem("3.7.1", "2.4.6") is None
+    assert interpreter_problem("3.8.0", "2.5.2") is None
+
+
+def test_interpreted_kernels_are_launched_as_they_are():
+    """torch 2.11's wrap_triton refuses the interpreter's kernels; under the interpreter the
+    launcher hands them over untouched on every release (the ops are opaque custom ops there)."""
+    from supermix_ext._compat import triton_launcher
+
+    def kernel():
+        return None
+
+    assert triton_launcher(kernel, interpreted=True) is kernel
+
+
+def test_cuda_minor_versions_may_differ_majors_may_not():
+    from supermix_ext.ops import cuda_mismatch_message
+
+    assert cuda_mismatch_message(13000, "13.2") is None       # torch 2.15's cu132 wheels, nvcc 13.0
+    assert cuda_mismatch_message(13000, "13.0") is None
+    assert cuda_mismatch_message(0, "13.0") is None           # built without CUDA
+    assert cuda_mismatch_message(13000, None) is None         # a CPU-only torch
+    assert cuda_mismatch_message(12080, "13.0") == (
+        "supermix_ext._C was compiled with CUDA 12.8 but PyTorch uses CUDA 13.0 (the major versions "
+        "must match); rebuild with `pip install --no-build-isolation .` against this PyTorch")

@@ -266,3 +266,30 @@ def test_sdist_then_cpu_wheel(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"FILE {unpacked}" in proc.stdout
+
+
+# ------------------------------------------------------------------ build prerequisites ----
+def _setup_py_with_shadow(tmp_path: Path, module: str, source: str) -> subprocess.CompletedProcess:
+    """Run setup.py with ``module`` replaced by ``source`` (first on the path)."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / f"{module}.py").write_text(source)
+    env = dict(os.environ, PYTHONPATH=str(shadow))
+    return subprocess.run([sys.executable, str(ROOT / "setup.py"), "--version"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_too_old_setuptools_is_one_line_naming_what_to_install(tmp_path):
+    proc = _setup_py_with_shadow(tmp_path, "setuptools", "__version__ = '65.5.0'\n")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["supermix: the build needs setuptools>=77 (found 65.5.0): pip install "
+                     "'setuptools>=77' wheel, then pip install --no-build-isolation ."], proc.stderr
+
+
+def test_missing_torch_is_one_line_naming_what_to_install(tmp_path):
+    proc = _setup_py_with_shadow(tmp_path, "torch", "raise ImportError('No module named torch')\n")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "supermix: the build compiles against torch, which is not installed: pip install torch "
+        "(the release to build for) first, then pip install --no-build-isolation ."], proc.stderr

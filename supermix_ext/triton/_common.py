@@ -10,7 +10,8 @@ import os
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.library import wrap_triton
+
+from .._compat import interpreter_problem, triton_launcher
 
 __all__ = [
     "AVAILABLE",
@@ -35,7 +36,7 @@ INT32_MAX = 2**31 - 1
 INTERPRETED: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 try:
-    import triton  # noqa: F401
+    import triton
 
     _TRITON_IMPORTED = True
     _IMPORT_ERROR = ""
@@ -47,8 +48,10 @@ if not _TRITON_IMPORTED:
     AVAILABLE = False
     UNAVAILABLE_REASON = f"triton cannot be imported ({_IMPORT_ERROR})"
 elif INTERPRETED:
-    AVAILABLE = True
-    UNAVAILABLE_REASON = ""
+    import numpy
+
+    UNAVAILABLE_REASON = interpreter_problem(triton.__version__, numpy.__version__) or ""
+    AVAILABLE = not UNAVAILABLE_REASON
 elif torch.cuda.is_available():
     AVAILABLE = True
     UNAVAILABLE_REASON = ""
@@ -121,8 +124,9 @@ def device_guard(device: torch.device):
 def launch(kernel, grid: tuple[int, ...], device: torch.device, op: str, *args, **kwargs) -> None:
     """Launch the Triton ``kernel`` on ``grid`` on ``device`` (every launch site goes through here).
 
-    ``wrap_triton`` lets ``torch.compile`` trace the launch inside ``triton_op``s.
+    ``wrap_triton`` lets ``torch.compile`` trace the launch inside ``triton_op``s (under the
+    interpreter the kernel is launched as it is: ``supermix_ext._compat.triton_launcher``).
     """
     check_grid(grid, op)
     with device_guard(device):
-        wrap_triton(kernel)[grid](*args, **kwargs)
+        triton_launcher(kernel, INTERPRETED)[grid](*args, **kwargs)
