@@ -244,9 +244,9 @@ def test_distill_online_supermix_settings_reach_the_solver(assets, tmp_path, mon
     calls = []
     original = mixers.solve
 
-    def recording(teacher, images, **kwargs):
-        result = original(teacher, images, **kwargs)
-        calls.append((kwargs, result))
+    def recording(teacher, images, config, *args, **kwargs):
+        result = original(teacher, images, config, *args, **kwargs)
+        calls.append((config, result))
         return result
 
     monkeypatch.setattr(mixers, "solve", recording)
@@ -255,11 +255,11 @@ def test_distill_online_supermix_settings_reach_the_solver(assets, tmp_path, mon
                              "--sigma", "0.5", "--mask-size", "4", "--max-iters", "3",
                              "--method", "newton_sp", "--epochs", "1", "--limit-steps", "2")) == 0
     assert len(calls) == 2                                  # one mix per step
-    for kwargs, result in calls:
-        assert kwargs["k"] == 3
-        assert kwargs["lambda_s"] == 7.5 and kwargs["sigma"] == 0.5
-        assert kwargs["mask_size"] == 4 and kwargs["max_iters"] == 3
-        assert kwargs["method"] == "newton_sp"
+    for config, result in calls:                           # the mixer passes its SolverConfig
+        assert config.k == 3
+        assert config.lambda_s == 7.5 and config.sigma == 0.5
+        assert config.mask_size == (4, 4) and config.max_iters == 3
+        assert config.method == "newton_sp"
         assert result.sources.shape == (64, 3)
         assert result.mask_logits.shape == (64, 3, 4, 4)
         assert int(result.iters.max()) <= 3

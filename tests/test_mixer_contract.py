@@ -834,10 +834,12 @@ def test_boundary_labels_are_accepted():
 
 # ---------------------------------------------------------------------------- construction ----
 def _valid_options(cls):
-    return {MixUp: ["alpha", "generator", "k", "label", "label_smoothing", "mode", "num_classes", "prob", "teacher"],
-            CutMix: ["alpha", "generator", "k", "label", "label_smoothing", "mode", "num_classes", "prob", "teacher"],
-            SuperMix: ["alpha", "generator", "k", "label", "label_smoothing", "mode", "num_classes", "on_failure",
-                       "prob", "teacher"]}[cls]
+    return {MixUp: ["alpha", "config", "generator", "k", "label", "label_smoothing", "mode", "num_classes", "prob",
+                    "teacher"],
+            CutMix: ["alpha", "config", "generator", "k", "label", "label_smoothing", "mode", "num_classes", "prob",
+                     "teacher"],
+            SuperMix: ["alpha", "config", "generator", "k", "label", "label_smoothing", "mode", "num_classes",
+                       "on_failure", "prob", "teacher"]}[cls]
 
 
 def test_options_are_listed():

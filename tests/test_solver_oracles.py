@@ -499,11 +499,14 @@ def test_weights_and_targets_come_from_the_generator():
 def test_defaults_are_the_papers():
     """solve's defaults: k=2, alpha=3, lambda_s=25, sigma=1, 8x8 grid, 50 iterations (sec. 4),
     lr=0.1 and lambda_tv=250 for the baselines (sec. 4.4), margin_gd, no forced steps."""
+    config = supermix.SolverConfig()
+    want = dict(k=2, alpha=3.0, lambda_s=25.0, sigma=1.0, mask_size=(8, 8), max_iters=50, method="margin_gd",
+                lr=0.1, lambda_tv=250.0, backend=None, autocast_dtype=None, channels_last=False, min_iters=0)
+    assert {name: getattr(config, name) for name in want} == want
     params = inspect.signature(supermix.solve).parameters
-    want = dict(k=2, alpha=3.0, lambda_s=25.0, sigma=1.0, mask_size=8, max_iters=50, method="margin_gd",
-                generator=None, lr=0.1, lambda_tv=250.0, sources=None, backend=None, autocast_dtype=None,
-                channels_last=False, min_iters=0)
-    assert {name: params[name].default for name in want} == want
+    plug_ins = dict(config=None, generator=None, sources=None, weights=None, objective=None, success=None,
+                    source_logits=None)
+    assert {name: params[name].default for name in plug_ins} == plug_ins
     assert solver.DEFAULT_METHOD == "margin_gd" and solver.METHODS == ("margin_gd", "newton_sp", "newton", "sgd")
     assert (solver.MARGIN_GD_FIRST_STEP, solver.MARGIN_GD_HINGE_WEIGHT, solver.MARGIN_GD_MARGIN) == (4.0, 1.0, 0.5)
 

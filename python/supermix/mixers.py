@@ -49,17 +49,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from supermix.config import SOLVER_FIELDS, SolverConfig
 from supermix.solver import MixResult, SolveStats, cyclic_sources, eval_mode, sample_dirichlet, solve
 
-__all__ = ["CutMix", "MixUp", "SuperMix", "create_mixer", "MIXERS", "LABELS", "MODES", "ON_FAILURE", "SOLVE_OPTIONS"]
+__all__ = ["CutMix", "MixUp", "SuperMix", "create_mixer", "register_mixer", "mixer_names", "MIXERS", "LABELS", "MODES",
+           "ON_FAILURE", "SOLVE_OPTIONS"]
 
 LABELS = ("teacher", "target")
 MODES = ("batch", "elem")
 ON_FAILURE = ("drop", "retry", "keep")
 
-# solve's keyword arguments that SuperMix sets itself rather than forwards.
-_SOLVE_OWNED = ("teacher", "images", "k", "alpha", "generator", "sources")
-SOLVE_OPTIONS = tuple(name for name in inspect.signature(solve).parameters if name not in _SOLVE_OWNED)
+# The solver settings SuperMix takes as keywords besides k and alpha (its own options).
+SOLVE_OPTIONS = tuple(name for name in SOLVER_FIELDS if name not in ("k", "alpha"))
+
+# The registry: key -> mixer class. Every list of mixers (create_mixer, the commands' --mixer
+# and --online choices, the demo's titles, which sets have masks) comes from it. A mixing
+# method is one class with ``key``, ``name`` (its title), ``solves`` (a solver chooses its
+# masks: mask logits, iterations, success of its own) and ``labels``, registered with
+# ``@register_mixer`` (docs/ARCHITECTURE.md, "Adding a mixing method").
+MIXERS: dict[str, type] = {}
+
+
+def mixer_names() -> tuple[str, ...]:
+    """The registered keys, the mixers that solve first, then in registration order
+    (``("supermix", "mixup", "cutmix")``): the commands' choices."""
+    return tuple(sorted(MIXERS, key=lambda key: not MIXERS[key].solves))
+
+
+def register_mixer(cls):
+    """Class decorator: add ``cls`` to :data:`MIXERS` under ``cls.key``."""
+    if cls.key in MIXERS:
+        raise ValueError(f"register_mixer: {cls.key!r} is registered already ({MIXERS[cls.key].__name__})")
+    MIXERS[cls.key] = cls
+    return cls
 
 
 def _reject_unknown(name: str, unknown: dict, valid) -> None:
@@ -140,6 +162,17 @@ def _blind_result(mixed, sources, weights, full_masks=None) -> MixResult:
     )
 
 
+def _k_alpha(name: str, k, alpha, config, default_alpha: float) -> tuple:
+    """A mixer's k and alpha: the ones given, else the config's, else the defaults."""
+    if config is not None and not isinstance(config, SolverConfig):
+        raise TypeError(f"{name}: config must be a SolverConfig, got {type(config).__name__}")
+    if k is None:
+        k = config.k if config is not None else SolverConfig.k
+    if alpha is None:
+        alpha = config.alpha if config is not None else default_alpha
+    return k, alpha
+
+
 class _Mixer(nn.Module):
     """Shared plumbing: label contract, checks, ``prob``, and the (x, y) convention.
 
@@ -148,6 +181,9 @@ class _Mixer(nn.Module):
     """
 
     name = "mixer"
+    key = "mixer"
+    solves = False
+    labels = LABELS
 
     # No defaults: each public mixer states its own (SuperMix's alpha and label differ from the
     # blind mixers'), and passes every setting here.
@@ -274,10 +310,14 @@ class _Mixer(nn.Module):
 class _BlindMixer(_Mixer):
     """A mixer that does not look at the images; labelled by a teacher when one is given."""
 
-    def __init__(self, k: int = 2, alpha: float = 1.0, num_classes: int | None = None, teacher=None,
-                 label: str | None = None, label_smoothing: float = 0.0, prob: float = 1.0,
-                 mode: str = "batch", generator: torch.Generator | None = None, **unknown):
+    def __init__(self, k: int | None = None, alpha: float | None = None,
+                 num_classes: int | None = None, teacher=None, label: str | None = None,
+                 label_smoothing: float = 0.0, prob: float = 1.0, mode: str = "batch",
+                 generator: torch.Generator | None = None, config: SolverConfig | None = None,
+                 **unknown):
         _reject_unknown(self.name, unknown, self.options())
+        # k and alpha: given, else the config's, else 2 and 1.0.
+        k, alpha = _k_alpha(self.name, k, alpha, config, default_alpha=1.0)
         super().__init__(k=k, alpha=alpha, num_classes=num_classes, teacher=teacher, label=label,
                          label_smoothing=label_smoothing, prob=prob, mode=mode, generator=generator)
 
@@ -306,6 +346,7 @@ class _BlindMixer(_Mixer):
         return result
 
 
+@register_mixer
 class MixUp(_BlindMixer):
     """k-way MixUp: x_mix = sum_i r_i x_i, r ~ Dirichlet(alpha) (Beta(alpha, alpha) for k=2).
 
@@ -316,6 +357,7 @@ class MixUp(_BlindMixer):
     """
 
     name = "MixUp"
+    key = "mixup"
 
     def _blind_mix(self, x: torch.Tensor, generator: torch.Generator | None) -> MixResult:
         # The samplers draw on the generator's device when there is one, else on x's.
@@ -325,6 +367,7 @@ class MixUp(_BlindMixer):
         return _blind_result(mixed, sources, weights)
 
 
+@register_mixer
 class CutMix(_BlindMixer):
     """k-way CutMix: source 0 is the background; for i >= 1 a box of area fraction r_i, at a
     uniformly random centre and clipped at the border, is pasted from source i (later boxes
@@ -333,6 +376,7 @@ class CutMix(_BlindMixer):
     """
 
     name = "CutMix"
+    key = "cutmix"
 
     def _blind_mix(self, x: torch.Tensor, generator: torch.Generator | None) -> MixResult:
         B, _, H, W = x.shape
@@ -357,6 +401,7 @@ class CutMix(_BlindMixer):
         return _blind_result(mixed, sources, weights, full_masks=masks)
 
 
+@register_mixer
 class SuperMix(_Mixer):
     """SuperMix: masks solved so the teacher sees every source class (Algorithm 1).
 
@@ -373,10 +418,13 @@ class SuperMix(_Mixer):
     """
 
     name = "SuperMix"
+    key = "supermix"
+    solves = True
 
-    def __init__(self, teacher, k: int = 2, alpha: float = 3.0, num_classes: int | None = None,
-                 label: str = "teacher", on_failure: str = "drop", label_smoothing: float = 0.0,
-                 prob: float = 1.0, mode: str = "batch", generator: torch.Generator | None = None,
+    def __init__(self, teacher=None, k: int | None = None, alpha: float | None = None,
+                 num_classes: int | None = None, label: str = "teacher", on_failure: str = "drop",
+                 label_smoothing: float = 0.0, prob: float = 1.0, mode: str = "batch",
+                 generator: torch.Generator | None = None, config: SolverConfig | None = None,
                  **solve_kwargs):
         if teacher is None:
             raise ValueError("SuperMix: teacher is required")
@@ -384,10 +432,14 @@ class SuperMix(_Mixer):
                         self.options() + list(SOLVE_OPTIONS))
         if on_failure not in ON_FAILURE:
             raise ValueError(f"SuperMix: on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
+        k, alpha = _k_alpha(self.name, k, alpha, config, default_alpha=SolverConfig.alpha)
         super().__init__(k=k, alpha=alpha, num_classes=num_classes, teacher=teacher, label=label,
                          label_smoothing=label_smoothing, prob=prob, mode=mode, generator=generator)
         self.on_failure = on_failure
         self.solve_kwargs = solve_kwargs
+        # The solver's settings: the config (or the defaults) with this mixer's k, alpha and
+        # keyword settings; checked here, when the mixer is made.
+        self.config = (config or SolverConfig()).replace(k=self.k, alpha=self.alpha, **solve_kwargs)
 
     @property
     def solver_teacher(self):
@@ -397,9 +449,12 @@ class SuperMix(_Mixer):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, on_failure={self.on_failure!r}, solve_kwargs={self.solve_kwargs}"
 
-    def mix_batch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> MixResult:
+    def mix_batch(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                  source_logits: torch.Tensor | None = None) -> MixResult:
+        """The solver's result for ``x`` (failures as they are); ``source_logits``: the
+        teacher's logits on ``x`` when the caller has them (``solve`` then skips that pass)."""
         _check_images(self.name, x)
-        return solve(self.teacher, x, k=self.k, alpha=self.alpha, generator=generator, **self.solve_kwargs)
+        return solve(self.teacher, x, self.config, generator, source_logits=source_logits)
 
     def _mix_for_training(self, x: torch.Tensor) -> MixResult:
         result = self.mix_batch(x, self.generator)
@@ -425,8 +480,7 @@ class SuperMix(_Mixer):
         position[perm] = torch.arange(m, device=x.device)
         # Row j starts at its own image j, then follows the permutation: k distinct sources.
         sources = perm[(position.unsqueeze(1) + torch.arange(self.k, device=x.device)) % m]
-        again = solve(self.teacher, x[anchors], k=self.k, alpha=self.alpha, generator=self.generator,
-                      sources=sources, **self.solve_kwargs)
+        again = solve(self.teacher, x[anchors], self.config, self.generator, sources=sources)
         n = rows.numel()
         result.mixed[rows] = again.mixed[:n]
         result.mask_logits[rows] = again.mask_logits[:n]
@@ -451,14 +505,10 @@ class SuperMix(_Mixer):
         result.mask_logits[rows] = logits.expand(-1, -1, *result.mask_logits.shape[2:]).to(result.mask_logits.dtype)
 
 
-MIXERS = {"supermix": SuperMix, "mixup": MixUp, "cutmix": CutMix}
-
-
 def create_mixer(name: str, teacher=None, **kwargs):
-    """``create_mixer("supermix" | "mixup" | "cutmix", teacher=..., k=..., alpha=...)``."""
+    """``create_mixer("supermix" | "mixup" | "cutmix", teacher=..., k=..., alpha=...)``: the
+    registered mixer ``name`` (:data:`MIXERS`)."""
     key = name.lower()
     if key not in MIXERS:
         raise ValueError(f"mixer must be one of {sorted(MIXERS)}, got {name!r}")
-    if key == "supermix":
-        return SuperMix(teacher, **kwargs)
     return MIXERS[key](teacher=teacher, **kwargs)

@@ -33,12 +33,12 @@ from torch import nn
 from supermix_ext import mix, newton_step, resolve_backend
 from supermix_ext.reference import normalised_masks_ref
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "MixResult", "SolveStats", "sample_dirichlet", "cyclic_sources", "solve",
-           "is_success", "success_margin_hinge", "eval_mode"]
+from .config import DEFAULT_METHOD, METHODS, SolverConfig
 
-METHODS = ("margin_gd", "newton_sp", "newton", "sgd")
-# The method that solve, the mixers and generate use when none is named.
-DEFAULT_METHOD = "margin_gd"
+__all__ = ["METHODS", "DEFAULT_METHOD", "SolverConfig", "MixResult", "SolveStats", "SolveState",
+           "sample_dirichlet", "cyclic_sources", "solve", "is_success", "success_margin_hinge",
+           "eval_mode", "kl_to_target", "newton_sp_objective", "tv_objective",
+           "margin_gd_objective", "default_objective", "paper_success", "OBJECTIVES"]
 
 # margin_gd's fixed settings, chosen once on the shipped teacher and held fixed on every other
 # teacher, mask size and k (benchmarks/RESULTS.md):
@@ -210,9 +210,86 @@ def _margin_gd_rate(grad: torch.Tensor, going: torch.Tensor) -> float:
     return MARGIN_GD_FIRST_STEP / max(float(largest.median()), 1e-12)
 
 
+# ----------------------------------------------------------------------- plug-in state ----
+@dataclass
+class SolveState:
+    """What an objective or a success rule sees at one iteration: the A samples still active.
+
+    Attributes:
+        iteration: t, the number of steps taken so far (0 at the uniform start).
+        config: the solver's settings.
+        mask_logits: [A,k,h,w] the mask logits, requiring grad (the objective's variable).
+        mixed: [A,C,H,W] the mixed images (eq. 1), differentiable in ``mask_logits``.
+        sparsity: [A] L_s of the masks (eq. 5), differentiable.
+        log_probs: [A,n] the teacher's log-softmax on ``mixed``, differentiable.
+        probs: [A,n] the teacher's softmax on ``mixed``, detached.
+        targets: [A,n] y_hat = sum_i r_i onehot(y_i) (eq. 3).
+        present: [A,n] bool, the sources' classes; num_present: [A] how many distinct.
+        source_labels: [A,k] the teacher's labels of the sources; weights: [A,k] r.
+        rows: [A] int64, the batch rows these samples are.
+        image_size: (H, W).
+    """
+
+    iteration: int
+    config: SolverConfig
+    mask_logits: torch.Tensor
+    mixed: torch.Tensor
+    sparsity: torch.Tensor
+    log_probs: torch.Tensor
+    probs: torch.Tensor
+    targets: torch.Tensor
+    present: torch.Tensor
+    num_present: torch.Tensor
+    source_labels: torch.Tensor
+    weights: torch.Tensor
+    rows: torch.Tensor
+    image_size: tuple[int, int]
+
+
+def kl_to_target(state: SolveState) -> torch.Tensor:
+    """[A] KL(y_hat || teacher(mixed)), the data term of eq. 6/7."""
+    return F.kl_div(state.log_probs, state.targets, reduction="none").sum(dim=1)
+
+
+def newton_sp_objective(state: SolveState) -> torch.Tensor:
+    """[A] L'_SM = KL + lambda_s L_s (eq. 7's loss; the paper's newton_sp)."""
+    return kl_to_target(state) + state.config.lambda_s * state.sparsity
+
+
+def tv_objective(state: SolveState) -> torch.Tensor:
+    """[A] L_SM = KL + lambda_s L_s + lambda_tv TV (eq. 6's loss; the newton and sgd
+    baselines of Table 4)."""
+    return newton_sp_objective(state) + state.config.lambda_tv * total_variation(
+        state.mask_logits, state.image_size)
+
+
+def margin_gd_objective(state: SolveState) -> torch.Tensor:
+    """[A] KL + lambda_s L_s + the success-margin hinge (margin_gd, docs/SOLVER.md)."""
+    return newton_sp_objective(state) + MARGIN_GD_HINGE_WEIGHT * success_margin_hinge(
+        state.log_probs, state.present, MARGIN_GD_MARGIN)
+
+
+# Each method's own loss: what it descends when no objective is given.
+OBJECTIVES = {"margin_gd": margin_gd_objective, "newton_sp": newton_sp_objective,
+              "newton": tv_objective, "sgd": tv_objective}
+
+
+def default_objective(method: str):
+    """The loss ``method`` descends by default (``OBJECTIVES[method]``)."""
+    if method not in OBJECTIVES:
+        raise ValueError(f"solve: method must be one of {METHODS}, got {method!r}")
+    return OBJECTIVES[method]
+
+
+def paper_success(state: SolveState) -> torch.Tensor:
+    """[A] bool, the paper's termination criterion (sec. 3): the teacher's top-u classes on the
+    mixed image are the sources' u distinct classes."""
+    return is_success(state.probs, state.present, state.num_present, state.config.k)
+
+
 # --------------------------------------------------------------------------------- checks ----
-def _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mask_size, max_iters, method, lr,
-                      min_iters=0):
+def _check_solve_args(teacher, images, config: SolverConfig):
+    """The checks that need the data; the settings were checked by ``SolverConfig``."""
     if not isinstance(teacher, nn.Module) and not callable(teacher):
         raise TypeError(f"solve: teacher must be an nn.Module or callable, got {type(teacher).__name__}")
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
@@ -220,31 +297,42 @@ def _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mas
         raise ValueError(f"solve: images must be a tensor [N,C,H,W], got {got}")
     if not images.is_floating_point():
         raise TypeError(f"solve: images must be floating point, got {images.dtype}")
-    if method not in METHODS:
-        raise ValueError(f"solve: method must be one of {METHODS}, got {method!r}")
-    if not isinstance(k, int) or k < 2:
-        raise ValueError(f"solve: k must be an int >= 2, got {k!r}")
-    if k > images.shape[0]:
-        raise ValueError(f"solve: k={k} sources need a batch of at least k images, got N={images.shape[0]}")
-    for name, value, ok, expected in (
-        ("alpha", alpha, lambda v: v > 0, "> 0"),
-        ("lambda_s", lambda_s, lambda v: v >= 0, ">= 0"),
-        ("lambda_tv", lambda_tv, lambda v: v >= 0, ">= 0"),
-        ("sigma", sigma, lambda v: v >= 0, ">= 0"),
-        ("lr", lr, lambda v: v > 0, "> 0"),
-    ):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-            raise ValueError(f"solve: {name} must be a finite number {expected}, got {value!r}")
-    if not isinstance(max_iters, int) or max_iters < 0:
-        raise ValueError(f"solve: max_iters must be an int >= 0, got {max_iters!r}")
-    if not isinstance(min_iters, int) or not 0 <= min_iters <= max_iters:
-        raise ValueError(f"solve: min_iters must be an int in [0, max_iters={max_iters}], got {min_iters!r}")
-    h, w = mask_size
+    if config.k > images.shape[0]:
+        raise ValueError(f"solve: k={config.k} sources need a batch of at least k images, got N={images.shape[0]}")
+    h, w = config.mask_size
     H, W = images.shape[-2:]
     if not (1 <= h <= H and 1 <= w <= W):
         raise ValueError(f"solve: mask_size must be between 1x1 and the image size {H}x{W}, got {h}x{w}")
     if not bool(torch.isfinite(images).all()):
         raise ValueError("solve: images must be finite, got NaN or infinite values")
+
+
+def _check_weights(weights, n: int, k: int, device) -> torch.Tensor:
+    """User mixing weights [N,k]: finite, >= 0, rows summing to 1."""
+    if not isinstance(weights, torch.Tensor) or weights.shape != (n, k) or not weights.is_floating_point():
+        got = (f"{list(weights.shape)} {weights.dtype}" if isinstance(weights, torch.Tensor)
+               else type(weights).__name__)
+        raise ValueError(f"solve: weights must be a float tensor [N={n}, k={k}], got {got}")
+    weights = weights.detach().to(device=device, dtype=torch.float32)
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError("solve: weights must be finite and >= 0")
+    worst = float((weights.sum(dim=1) - 1).abs().max())
+    if worst > 1e-4:
+        raise ValueError(f"solve: weights' rows must sum to 1, got a row {worst:.3g} away")
+    return weights
+
+
+def _check_plugin(name: str, value, active: int, boolean: bool) -> None:
+    """An objective returns a finite float [A]; a success rule a bool [A]."""
+    kind = "a bool tensor" if boolean else "a finite float tensor"
+    if (not isinstance(value, torch.Tensor) or value.shape != (active,)
+            or (value.dtype != torch.bool if boolean else not value.is_floating_point())):
+        got = f"{list(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"solve: {name} must return {kind} [A={active}] (one value per active "
+                         f"sample), got {got}")
+    if not boolean and not bool(torch.isfinite(value.detach()).all()):
+        raise ValueError(f"solve: {name} returned non-finite values (NaN or inf) for "
+                         f"{int((~torch.isfinite(value.detach())).sum())} of {active} samples")
 
 
 @contextlib.contextmanager
@@ -297,65 +385,65 @@ def _check_finite_logits(out: torch.Tensor, what: str) -> None:
 def solve(
     teacher,
     images: torch.Tensor,
-    k: int = 2,
-    alpha: float = 3.0,
-    lambda_s: float = 25.0,
-    sigma: float = 1.0,
-    mask_size: int | tuple[int, int] = 8,
-    max_iters: int = 50,
-    method: str = DEFAULT_METHOD,
+    config: SolverConfig | None = None,
     generator: torch.Generator | None = None,
     *,
-    lr: float = 0.1,
-    lambda_tv: float = 250.0,
     sources: torch.Tensor | None = None,
-    backend: str | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    min_iters: int = 0,
+    weights: torch.Tensor | None = None,
+    objective=None,
+    success=None,
+    source_logits: torch.Tensor | None = None,
+    **overrides,
 ) -> MixResult:
-    """Mix a batch with SuperMix (Algorithm 1) or one of the Table 4 baselines.
+    """Mix a batch with SuperMix (Algorithm 1), a Table 4 baseline, or a user's own problem.
 
     Args:
         teacher: any module mapping images [N,C,H,W] to class logits [N,n]; run in eval mode.
         images: [N,C,H,W] float images as the teacher consumes them (normalised).
-        k: sources per mixed image (2 <= k <= N).
-        alpha: Dirichlet concentration of the mixing weights r (eq. 2).
-        lambda_s: weight of the sparsity loss (eq. 5).
-        sigma: Gaussian smoothing of the Newton direction in grid cells (eq. 7); used by
-            ``"newton_sp"`` only (margin_gd, newton and sgd do not smooth).
-        mask_size: h (square) or (h, w) of the mask-logit grid.
-        max_iters: iteration cap; unfinished samples come back with ``success=False``.
-        method: ``"margin_gd"`` (default) | ``"newton_sp"`` | ``"newton"`` | ``"sgd"``.
+        config: the settings (``SolverConfig``; default its defaults). Keyword ``overrides``
+            (``k=3, max_iters=20, ...``, any ``SolverConfig`` field) replace single values.
         generator: random source for the sets and the weights (on the images' device).
-        lr: SGD learning rate (``method="sgd"``; the paper's 0.1 is the default).
-        lambda_tv: TV weight of the baselines' loss (paper sec. 4.4: 250).
         sources: optional [N,k] source indices; default: cyclic shifts of a random permutation.
-        backend: kernel backend for ``mix`` and ``newton_step`` (see ``supermix_ext.ops``).
-        autocast_dtype: run the teacher under autocast in this dtype (bf16/fp16).
-        channels_last: feed the teacher channels_last tensors.
-        min_iters: steps every sample takes before success may stop it (the original code
-            always takes one; 0 lets a uniform average that already succeeds stop at once).
+        weights: optional [N,k] mixing weights r (rows summing to 1) instead of the Dirichlet
+            draw (eq. 2); with ``sources`` the whole problem is the caller's.
+        objective: optional ``f(state) -> [A]`` per-sample loss the method descends (its value
+            and gradient, as eq. 6/7 use them; see ``SolveState``); default the method's own
+            (``OBJECTIVES``: ``margin_gd_objective``, ``newton_sp_objective``, ``tv_objective``).
+        success: optional ``g(state) -> [A] bool`` stopping rule; default ``paper_success``.
+        source_logits: optional [N,n] teacher logits of ``images``, when the caller has them
+            already (a distillation step computes them for its KD term): the solver then skips
+            its own teacher pass over the sources. They give the source labels (argmax).
 
     Returns:
         A ``MixResult`` with one mixed image per input image.
     """
-    if isinstance(mask_size, int):
-        mask_size = (mask_size, mask_size)
-    mask_size = tuple(int(s) for s in mask_size)
-    _check_solve_args(teacher, images, k, alpha, lambda_s, lambda_tv, sigma, mask_size, max_iters, method, lr,
-                      min_iters)
+    if config is None:
+        config = SolverConfig()
+    elif not isinstance(config, SolverConfig):
+        raise TypeError(f"solve: config must be a SolverConfig, got {type(config).__name__}")
+    config = config.replace(**overrides)
+    _check_solve_args(teacher, images, config)
+    for name, fn in (("objective", objective), ("success", success)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"solve: {name} must be a callable f(state), got {type(fn).__name__}")
+    k = config.k
     start = time.perf_counter()
     device = images.device
     n_images = images.shape[0]
-    resolve_backend(device, backend)  # fail early on an unusable backend
+    resolve_backend(device, config.backend)  # fail early on an unusable backend
     stats = SolveStats()
     with eval_mode(teacher):
-        with torch.no_grad():
-            source_logits = _teacher_logits(teacher, images, autocast_dtype, channels_last)
+        if source_logits is None:
+            with torch.no_grad():
+                source_logits = _teacher_logits(teacher, images, config.autocast_dtype,
+                                                config.channels_last)
+            stats.forward_calls += 1
+            stats.forward_samples += n_images
+        elif source_logits.dim() != 2 or source_logits.shape[0] != n_images:
+            raise ValueError(f"solve: source_logits must have shape [N={n_images}, classes], "
+                             f"got {list(source_logits.shape)}")
+        source_logits = source_logits.detach().to(device)
         _check_finite_logits(source_logits, "source images")
-        stats.forward_calls += 1
-        stats.forward_samples += n_images
         labels = source_logits.argmax(dim=1)
         n_classes = source_logits.shape[1]
 
@@ -364,67 +452,98 @@ def solve(
         elif sources.shape != (n_images, k):
             raise ValueError(f"solve: sources must have shape [N={n_images}, k={k}], got {list(sources.shape)}")
         sources = sources.to(device=device, dtype=torch.long)
-        weights = sample_dirichlet(n_images, k, alpha, generator, device).to(device)
+        if weights is None:
+            weights = sample_dirichlet(n_images, k, config.alpha, generator, device).to(device)
+        else:
+            weights = _check_weights(weights, n_images, k, device)
         source_labels = labels[sources]
         targets = torch.zeros(n_images, n_classes, device=device).scatter_add_(1, source_labels, weights)
         present = torch.zeros(n_images, n_classes, dtype=torch.bool, device=device)
         present.scatter_(1, source_labels, True)
         num_present = present.sum(dim=1)
 
-        result = _iterate(
-            teacher, images, sources, targets, present, num_present, k, lambda_s, lambda_tv, sigma,
-            mask_size, max_iters, method, lr, backend, autocast_dtype, channels_last, stats, min_iters,
-        )
-    mixed, mask_logits, probs, iters, success = result
+        problem = _Problem(images, sources, source_labels, weights, targets, present, num_present)
+        result = _iterate(teacher, problem, config, stats, objective, success)
+    mixed, mask_logits, probs, iters, success_flags = result
     stats.seconds = time.perf_counter() - start
     return MixResult(
         mixed=mixed, mask_logits=mask_logits, sources=sources, weights=weights, targets=targets,
-        probs=probs, iters=iters, success=success, labels=labels, stats=stats,
+        probs=probs, iters=iters, success=success_flags, labels=labels, stats=stats,
     )
 
 
-def _iterate(teacher, images, sources, targets, present, num_present, k, lambda_s, lambda_tv, sigma,
-             mask_size, max_iters, method, lr, backend, autocast_dtype, channels_last, stats, min_iters=0):
+@dataclass
+class _Problem:
+    """One batch's fixed data: the images, the sets, their weights and targets."""
+
+    images: torch.Tensor
+    sources: torch.Tensor
+    source_labels: torch.Tensor
+    weights: torch.Tensor
+    targets: torch.Tensor
+    present: torch.Tensor
+    num_present: torch.Tensor
+
+
+def _iterate(teacher, problem: _Problem, config: SolverConfig, stats: SolveStats,
+             objective=None, success=None):
     """The shared loop: check, then step, on the active samples only."""
+    images, sources = problem.images, problem.sources
     device = images.device
-    B = sources.shape[0]
+    B, k = sources.shape
     H, W = images.shape[-2:]
+    method = config.method
+    user_objective, user_success = objective is not None, success is not None
+    objective = objective or OBJECTIVES[method]
+    success = success or paper_success
     logits_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
-    mask_logits = torch.zeros(B, k, *mask_size, dtype=logits_dtype, device=device)
+    mask_logits = torch.zeros(B, k, *config.mask_size, dtype=logits_dtype, device=device)
     mixed_out = torch.empty(B, *images.shape[1:], dtype=images.dtype, device=device)
-    probs_out = torch.empty(B, targets.shape[1], device=device)
+    probs_out = torch.empty(B, problem.targets.shape[1], device=device)
     iters = torch.zeros(B, dtype=torch.long, device=device)
-    success = torch.zeros(B, dtype=torch.bool, device=device)
+    reached_out = torch.zeros(B, dtype=torch.bool, device=device)
     active = torch.arange(B, device=device)
     stacked = images[sources]  # [B,k,C,H,W]
-    rate = lr  # margin_gd replaces it with the calibrated rate at its first step
+    rate = config.lr  # margin_gd replaces it with the calibrated rate at its first step
 
-    for t in range(max_iters + 1):
+    for t in range(config.max_iters + 1):
         logits = mask_logits[active].requires_grad_(True)
         with torch.enable_grad():
-            mixed, sparsity = mix(stacked[active], logits, backend=backend)
-            out = _teacher_logits(teacher, mixed, autocast_dtype, channels_last)
+            mixed, sparsity = mix(stacked[active], logits, backend=config.backend)
+            out = _teacher_logits(teacher, mixed, config.autocast_dtype, config.channels_last)
         _check_finite_logits(out.detach(), f"mixed images at iteration {t}")
         stats.forward_calls += 1
         stats.forward_samples += active.numel()
         log_probs = F.log_softmax(out, dim=1)
-        probs = log_probs.detach().exp()
-        reached = is_success(probs, present[active], num_present[active], k)
-        done = reached & (t >= min_iters)
+        state = SolveState(
+            iteration=t, config=config, mask_logits=logits, mixed=mixed, sparsity=sparsity,
+            log_probs=log_probs, probs=log_probs.detach().exp(), targets=problem.targets[active],
+            present=problem.present[active], num_present=problem.num_present[active],
+            source_labels=problem.source_labels[active], weights=problem.weights[active],
+            rows=active, image_size=(H, W))
+        reached = success(state)
+        if user_success:
+            _check_plugin("success", reached, active.numel(), boolean=True)
+        done = reached & (t >= config.min_iters)
         mixed_out[active] = mixed.detach()
-        probs_out[active] = probs
-        success[active] = reached
+        probs_out[active] = state.probs
+        reached_out[active] = reached
         going = ~done
-        if t == max_iters or not bool(going.any()):
+        if t == config.max_iters or not bool(going.any()):
             break
 
         with torch.enable_grad():
-            loss = F.kl_div(log_probs, targets[active], reduction="none").sum(dim=1) + lambda_s * sparsity
-            if method in ("newton", "sgd"):
-                loss = loss + lambda_tv * total_variation(logits, (H, W))
-            elif method == "margin_gd":
-                loss = loss + MARGIN_GD_HINGE_WEIGHT * success_margin_hinge(log_probs, present[active], MARGIN_GD_MARGIN)
-            (grad,) = torch.autograd.grad(loss.sum(), [logits])
+            loss = objective(state)
+            if user_objective:
+                _check_plugin("objective", loss, active.numel(), boolean=False)
+                if not loss.requires_grad:
+                    raise ValueError("solve: objective's value has no gradient with respect to "
+                                     "state.mask_logits (it must be computed from the state's "
+                                     "differentiable fields)")
+            (grad,) = torch.autograd.grad(loss.sum(), [logits], allow_unused=user_objective)
+        if grad is None:
+            raise ValueError("solve: objective's value does not depend on state.mask_logits "
+                             "(no gradient)")
         stats.backward_calls += 1
         stats.backward_samples += active.numel()
         with torch.no_grad():
@@ -434,12 +553,13 @@ def _iterate(teacher, images, sources, targets, present, num_present, k, lambda_
                     rate = _margin_gd_rate(grad, going)
                 updated = torch.where(going.view(-1, 1, 1, 1), logits - rate * grad, logits)
             else:
-                step_sigma = float(sigma) if method == "newton_sp" else 0.0
-                updated = newton_step(logits, grad, loss.detach(), going, step_sigma, backend=backend)
+                step_sigma = float(config.sigma) if method == "newton_sp" else 0.0
+                updated = newton_step(logits, grad, loss.detach(), going, step_sigma,
+                                      backend=config.backend)
             if not bool(torch.isfinite(updated).all()):
                 raise FloatingPointError(f"solve: the {method} step at iteration {t} produced non-finite mask logits; "
                                          "the teacher's gradient is NaN or inf")
             mask_logits[active] = updated
             iters[active[going]] += 1
             active = active[going]
-    return mixed_out, mask_logits.float(), probs_out, iters, success
+    return mixed_out, mask_logits.float(), probs_out, iters, reached_out

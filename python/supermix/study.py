@@ -217,17 +217,19 @@ def mixed_set_statistics(path: str | os.PathLike, chunk: int = 4096) -> dict[str
     from supermix_ext.reference import normalised_masks_ref
 
     from .mixed_set import MixedDataset
+    from .mixers import MIXERS
 
     ds = MixedDataset(path, verify=False)
     if len(ds) == 0:
         raise ValueError(f"mixed_set_statistics: the set in {path} is empty")
     mixer = (ds.manifest.get("config") or {}).get("mixer", "supermix")
+    solves = MIXERS[mixer].solves
     iters = ds.read_field("iters")
     r = ds.read_field("r").float()
     y_hat = ds.read_field("y_hat").float()
     probs = ds.read_field("teacher_probs").float()
     height, width = ds.read_field("mixed")[:1].shape[-2:]
-    if mixer == "supermix":
+    if solves:
         logits = ds.read_field("mask_logits").float()
         sparsity = torch.cat([
             _sparsity_term(normalised_masks_ref(logits[i:i + chunk], (height, width)))

@@ -20,18 +20,19 @@ from .. import args as sargs
 from .. import data as sdata
 from ..errors import UsageError
 from ..generation.settings import DEFAULTS as GENERATE_DEFAULTS
+from ..mixers import MIXERS, mixer_names
 from ..teachers import load_teacher_for, locate_teacher
 
 __all__ = ["run_demo", "add_parser", "run"]
 
 DEMO_DATA = "fashion-mnist"
-MIXER_TITLES = {"supermix": "SuperMix", "mixup": "MixUp", "cutmix": "CutMix"}
+MIXER_TITLES = {key: MIXERS[key].name for key in mixer_names()}
 
 
 def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_size: int = 64,
              rows: int = 3, k: int = 2, seed: int = 0, max_iters: int = 50,
              device: str | None = None, backend: str | None = None,
-             mixers: tuple[str, ...] = ("supermix", "mixup", "cutmix"),
+             mixers: tuple[str, ...] = mixer_names(),
              print_fn=print) -> dict:
     """Mix one batch with each mixer, print the figures and write the grid; returns the figures.
 
@@ -85,7 +86,7 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - start
-        success = result.success if name == "supermix" else blind_success(result, k)
+        success = result.success if MIXERS[name].solves else blind_success(result, k)
         figures[name] = {
             "mean_iters": float(result.iters.float().mean()),
             "success_rate": float(success.float().mean()),
@@ -96,8 +97,9 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
     # Every mixer drew the same source sets (same seed, same order of draws), so the rows show
     # the same sets for each: the first ones SuperMix solved, then unsolved ones if too few.
     order = torch.arange(batch_size)
-    if "supermix" in results:
-        ok = results["supermix"].success.cpu()
+    solved = [name for name in results if MIXERS[name].solves]
+    if solved:
+        ok = results[solved[0]].success.cpu()
         order = torch.cat([order[ok], order[~ok]])
     picked = order[:rows].tolist()
     grid_rows = []

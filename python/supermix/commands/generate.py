@@ -12,10 +12,10 @@ import os
 from supermix_ext import BACKENDS
 
 from .. import args as sargs
-from ..generation import (MIXER_NAMES, SOLVER_PRESETS, SPLIT_NAMES, STORE_NAMES,
+from ..generation import (DEFAULTS, MIXER_NAMES, SOLVER_PRESETS, SPLIT_NAMES, STORE_NAMES,
                           GenerateSettings, generate_set, limit_arg)
 from ..runtime import set_threads
-from ..solver import DEFAULT_METHOD, METHODS
+from ..solver import METHODS
 
 __all__ = ["add_parser", "run"]
 
@@ -35,16 +35,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    default=None,
                    help="paper settings: cifar100 (8x8, sigma 1), imagenet (16x16, sigma 2, k 3), "
                         "fashion-mnist; explicit flags override it")
-    p.add_argument("--k", type=int, default=None, help="sources per sample (default 2)")
-    p.add_argument("--alpha", type=float, default=None, help="Dirichlet alpha (default 3)")
-    p.add_argument("--lambda-s", type=float, default=None, help="sparsity weight (default 25)")
-    p.add_argument("--sigma", type=float, default=None, help="Gaussian smoothing of newton_sp's step, eq. 7 (default 1; the other methods "
-                        "do not smooth)")
-    p.add_argument("--mask-size", type=int, default=None, help="mask grid side (default 8)")
+    d = DEFAULTS  # the solver's are SolverConfig's defaults
+    p.add_argument("--k", type=int, default=None, help=f"sources per sample (default {d['k']})")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"Dirichlet alpha (default {d['alpha']:g})")
+    p.add_argument("--lambda-s", type=float, default=None,
+                   help=f"sparsity weight (default {d['lambda_s']:g})")
+    p.add_argument("--sigma", type=float, default=None,
+                   help=f"Gaussian smoothing of newton_sp's step, eq. 7 (default {d['sigma']:g}; "
+                        "the other methods do not smooth)")
+    p.add_argument("--mask-size", type=int, default=None,
+                   help=f"mask grid side (default {d['mask_size']})")
     p.add_argument("--method", choices=METHODS, default=None,
-                   help=f"solver method (default {DEFAULT_METHOD})")
-    p.add_argument("--mixer", choices=MIXER_NAMES, default=None, help="default supermix")
-    p.add_argument("--max-iters", type=int, default=None, help="solver iteration cap (default 50)")
+                   help=f"solver method (default {d['method']})")
+    p.add_argument("--mixer", choices=MIXER_NAMES, default=None, help=f"default {d['mixer']}")
+    p.add_argument("--max-iters", type=int, default=None,
+                   help=f"solver iteration cap (default {d['max_iters']})")
     p.add_argument("--min-iters", type=int, default=None,
                    help="solver steps every SuperMix sample takes before the criterion may stop "
                         "it (default 0: samples that meet it at the uniform start stay plain "

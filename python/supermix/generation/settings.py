@@ -9,7 +9,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import UsageError
-from ..solver import DEFAULT_METHOD, METHODS
+from ..config import SolverConfig
+from ..mixers import MIXERS, mixer_names
+from ..solver import METHODS
 
 __all__ = [
     "SOLVER_PRESETS",
@@ -36,15 +38,19 @@ SOLVER_PRESETS: dict[str, dict[str, Any]] = {
     "fashion-mnist": {"k": 2, "alpha": 3.0, "lambda_s": 25.0, "sigma": 1.0, "mask_size": 8},
 }
 
-# Values used when neither a flag nor a preset sets a setting.
+# Values used when neither a flag nor a preset sets a setting; the solver's are SolverConfig's.
+_SOLVER_DEFAULTS = SolverConfig()
 DEFAULTS: dict[str, Any] = {
-    "k": 2, "alpha": 3.0, "lambda_s": 25.0, "sigma": 1.0, "mask_size": 8,
-    "method": DEFAULT_METHOD, "mixer": "supermix", "max_iters": 50, "min_iters": 0,
+    "k": _SOLVER_DEFAULTS.k, "alpha": _SOLVER_DEFAULTS.alpha,
+    "lambda_s": _SOLVER_DEFAULTS.lambda_s, "sigma": _SOLVER_DEFAULTS.sigma,
+    "mask_size": _SOLVER_DEFAULTS.mask_size[0], "method": _SOLVER_DEFAULTS.method,
+    "mixer": "supermix", "max_iters": _SOLVER_DEFAULTS.max_iters,
+    "min_iters": _SOLVER_DEFAULTS.min_iters,
     "batch_size": 128, "shard_size": 1024, "seed": 0, "store": "uint8", "split": "train",
     "keep_failed": False,
 }
 
-MIXER_NAMES = ("supermix", "mixup", "cutmix")
+MIXER_NAMES = mixer_names()
 METHOD_NAMES = tuple(METHODS)
 STORE_NAMES = ("uint8", "float16")
 SPLIT_NAMES = ("train", "test")
@@ -172,8 +178,9 @@ def check_settings(s: dict) -> None:
     need(isinstance(s["min_iters"], int) and 0 <= s["min_iters"] <= s["max_iters"], "min_iters",
          f"an integer in [0, max_iters={s['max_iters']}]")
     # The blind mixers take no solver steps, so a step count for them is a mistake.
-    need(s["mixer"] == "supermix" or s["min_iters"] == 0, "min_iters",
-         "0 for the blind mixers (mixup, cutmix)")
+    blind = ", ".join(name for name in MIXER_NAMES if not MIXERS[name].solves)
+    need(mixer_solves(s["mixer"]) or s["min_iters"] == 0, "min_iters",
+         f"0 for the blind mixers ({blind})")
     need(isinstance(s["batch_size"], int) and s["batch_size"] >= 1, "batch_size", "an integer >= 1")
     need(isinstance(s["shard_size"], int) and s["shard_size"] >= 1, "shard_size", "an integer >= 1")
     need(isinstance(s["seed"], int) and s["seed"] >= 0, "seed", "an integer >= 0")
@@ -183,6 +190,12 @@ def check_settings(s: dict) -> None:
     need(s["split"] in SPLIT_NAMES, "split", f"one of {list(SPLIT_NAMES)}")
 
 
+def mixer_solves(name: str) -> bool:
+    """Whether the registered mixer ``name`` solves for masks (False for unknown names)."""
+    cls = MIXERS.get(name)
+    return bool(cls is not None and cls.solves)
+
+
 def check_image_fit(s: dict, image_shape, flag: str = "--mask-size") -> None:
     """The settings that depend on the images: the mask grid must fit in them (SuperMix only).
     ``image_shape``: (C, H, W).
@@ -190,7 +203,7 @@ def check_image_fit(s: dict, image_shape, flag: str = "--mask-size") -> None:
     Raises:
         UsageError: naming the flag, the image size and the value.
     """
-    if s.get("mixer", "supermix") != "supermix":
+    if not mixer_solves(s.get("mixer", DEFAULTS["mixer"])):
         return
     h, w = int(image_shape[-2]), int(image_shape[-1])
     if s["mask_size"] > min(h, w):

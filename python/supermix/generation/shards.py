@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import UsageError
 from ..mixed_set import ShardStats, to_stored
 from ..runtime import derive_seed
+from .settings import mixer_solves
 from .source import ImageSource
 
 __all__ = [
@@ -56,14 +57,15 @@ def make_mixer(s: dict, teacher: nn.Module, backend: str | None):
     Raises:
         UsageError: the mixer refuses a setting (its message).
     """
+    from ..config import SolverConfig
     from ..mixers import create_mixer
     try:
-        if s["mixer"] == "supermix":
-            return create_mixer("supermix", teacher=teacher, k=s["k"], alpha=s["alpha"],
-                                lambda_s=s["lambda_s"], sigma=s["sigma"],
-                                mask_size=s["mask_size"], max_iters=s["max_iters"],
-                                min_iters=s["min_iters"],
-                                method=s["method"], backend=backend)
+        if mixer_solves(s["mixer"]):
+            config = SolverConfig(k=s["k"], alpha=s["alpha"], lambda_s=s["lambda_s"],
+                                  sigma=s["sigma"], mask_size=s["mask_size"],
+                                  max_iters=s["max_iters"], min_iters=s["min_iters"],
+                                  method=s["method"], backend=backend)
+            return create_mixer(s["mixer"], teacher=teacher, config=config)
         return create_mixer(s["mixer"], teacher=teacher, k=s["k"], alpha=s["alpha"])
     except (ValueError, TypeError) as e:
         raise UsageError(f"--mixer {s['mixer']}: {e}") from e
@@ -95,7 +97,7 @@ def generate_shard(j: int, quota: int, s: dict, source: ImageSource, mixer, devi
     """Mix batches until shard j holds ``quota`` samples; returns its tensors and statistics."""
     index_gen = torch.Generator().manual_seed(shard_seed(s["seed"], j, "index"))
     mix_gen = torch.Generator(device=device).manual_seed(shard_seed(s["seed"], j, "mix"))
-    blind = s["mixer"] != "supermix"
+    blind = not mixer_solves(s["mixer"])
     keep_all = s["keep_failed"] or blind
     n_data = len(source)
     stats = ShardStats()
