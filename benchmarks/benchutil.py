@@ -14,3 +14,5 @@ def record(benchmark, group: str, provider: str, **extra) -> None:
 SOLVER_ROWS: list[dict] = []
 # Rows of the margin_gd vs tuned-SGD comparison (every teacher and setting), printed by conftest.
 COMPARISON_ROWS: list[dict] = []
+# Rows of the online-mixing table (bench_online.py), printed by conftest.
+ONLINE_ROWS: list[dict] = []

@@ -10,11 +10,15 @@ if not torch.cuda.is_available():
 # SUPERMIX_BENCH_THREADS=1 gives steadier numbers while other jobs share the cores.
 torch.set_num_threads(int(os.environ.get("SUPERMIX_BENCH_THREADS", min(2, os.cpu_count() or 1))))
 
-from benchutil import COMPARISON_ROWS, RATIOS, RESULTS, SOLVER_ROWS  # noqa: E402
+from benchutil import COMPARISON_ROWS, ONLINE_ROWS, RATIOS, RESULTS, SOLVER_ROWS  # noqa: E402
 
 
 def pytest_terminal_summary(terminalreporter):
     write = terminalreporter.write_line
+    if ONLINE_ROWS:
+        from bench_online import print_online_table
+
+        print_online_table(write)
     if SOLVER_ROWS or COMPARISON_ROWS:
         from bench_solver import print_solver_table
 

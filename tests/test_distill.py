@@ -174,6 +174,139 @@ def test_online_mixers_train(assets, tmp_path, mixer):
     assert math.isfinite(record["loss_mixed_ce"]) and math.isfinite(record["loss_mixed_kd"])
 
 
+def test_online_supermix_reuses_the_solvers_teacher_passes(assets, tmp_path, monkeypatch):
+    """With --online supermix the teacher runs once on the real batch (the KD term and the
+    sources' labels) and the solver's probabilities on the returned mixes are the mixed terms'
+    targets: no teacher pass is made twice, and the targets equal fresh teacher passes."""
+    import torch.nn.functional as F
+
+    from supermix import mixers
+    from supermix.commands import distill as cmd
+
+    samples = []
+    original_load = cmd.load_teacher
+
+    def load(*args, **kwargs):
+        teacher = original_load(*args, **kwargs)
+        teacher.register_forward_hook(lambda m, inputs, out: samples.append(inputs[0].shape[0]))
+        return teacher
+
+    solved = []
+    original_solve = mixers.solve
+
+    def recording_solve(teacher, images, *args, **kwargs):
+        result = original_solve(teacher, images, *args, **kwargs)
+        solved.append((teacher, images, kwargs["source_logits"], result))
+        return result
+
+    targets = []
+    original_objective = cmd.distill_objective
+
+    def recording_objective(w, s_real, y, t_real, s_mixed, t_mixed):
+        targets.append((t_real, t_mixed))
+        return original_objective(w, s_real, y, t_real, s_mixed, t_mixed)
+
+    monkeypatch.setattr(cmd, "load_teacher", load)
+    monkeypatch.setattr(mixers, "solve", recording_solve)
+    monkeypatch.setattr(cmd, "distill_objective", recording_objective)
+    out = tmp_path / "online"
+    assert run_main(_distill(assets, out, "--online", "supermix", "--w-kd", "0.5",
+                             "--w-mixed-kd", "0.5", "--max-iters", "3", "--epochs", "1",
+                             "--limit-steps", "2")) == 0
+    assert len(solved) == len(targets) == 2
+    # Per step: the real batch once, then the solver's own passes over the mixes.
+    expected = sum(images.shape[0] + result.stats.forward_samples
+                   for _, images, _, result in solved)
+    assert sum(samples) == expected
+    with torch.no_grad():
+        for (teacher, images, given, result), (t_real, t_mixed) in zip(solved, targets):
+            assert result.stats.forward_samples == int((result.iters + 1).sum())
+            fresh_real = teacher(images).float()
+            assert torch.equal(given, t_real)
+            torch.testing.assert_close(t_real, fresh_real, rtol=1e-5, atol=1e-5)
+            fresh_mixed = teacher(result.mixed).float()
+            torch.testing.assert_close(F.log_softmax(t_mixed, 1), F.log_softmax(fresh_mixed, 1),
+                                       rtol=1e-4, atol=1e-4)
+
+
+def _hand_paper_loss(s_real, y, t_real, s_mixed, t_mixed) -> float:
+    """The original code's objective written out sample by sample: 1.8 CE(real, y)
+    + 1.8 CE(mixed, argmax teacher(mixed)) + 0.2 * 16 * KL(softmax(t/4) || softmax(s/4))."""
+    def log_softmax(row):
+        top = max(row)
+        log_z = top + math.log(sum(math.exp(v - top) for v in row))
+        return [v - log_z for v in row]
+
+    def ce(rows, labels):
+        return sum(-log_softmax(r)[c] for r, c in zip(rows, labels)) / len(rows)
+
+    def kd(s_rows, t_rows, T=4.0):
+        total = 0.0
+        for s, t in zip(s_rows, t_rows):
+            log_q = log_softmax([v / T for v in s])
+            log_p = log_softmax([v / T for v in t])
+            total += sum(math.exp(lp) * (lp - lq) for lp, lq in zip(log_p, log_q))
+        return T * T * total / len(s_rows)
+
+    s_real, t_real, s_mixed, t_mixed = (v.double().tolist() for v in (s_real, t_real, s_mixed,
+                                                                      t_mixed))
+    hard = [max(range(len(r)), key=r.__getitem__) for r in t_mixed]
+    return 1.8 * ce(s_real, y.tolist()) + 1.8 * ce(s_mixed, hard) + 0.2 * kd(s_real, t_real)
+
+
+def test_recipe_paper_is_the_original_codes_objective(assets, tmp_path, monkeypatch, capsys):
+    """--recipe paper: the loss of every step equals the original code's objective written by
+    hand; the recipe and its weights are printed, logged and kept in the checkpoint."""
+    from supermix.checkpoint import load_checkpoint
+    from supermix.commands import distill as cmd
+
+    losses = []
+    original = cmd.distill_objective
+
+    def recording(w, s_real, y, t_real, s_mixed, t_mixed):
+        loss, parts = original(w, s_real, y, t_real, s_mixed, t_mixed)
+        losses.append((float(loss.detach()), _hand_paper_loss(s_real.detach(), y, t_real, s_mixed.detach(),
+                                                     t_mixed)))
+        return loss, parts
+
+    monkeypatch.setattr(cmd, "distill_objective", recording)
+    out = tmp_path / "paper"
+    assert run_main(_distill(assets, out, "--recipe", "paper", "--mixed", str(assets["mixed"]),
+                             "--epochs", "1", "--limit-steps", "2")) == 0
+    assert len(losses) == 2
+    for got, hand in losses:
+        assert got == pytest.approx(hand, rel=1e-5)
+    paper = {"ce": 1.8, "kd": 0.2, "mixed_ce": 1.8, "mixed_kd": 0.0, "T": 4.0}
+    start = read_log(out)[0]
+    assert start["recipe"] == "paper" and start["weights"] == paper
+    config = load_checkpoint(out / "model.pt")["config"]
+    assert config["recipe"] == "paper" and config["objective"] == paper
+    assert "recipe paper: weights ce 1.8 kd 0.2 mixed-ce 1.8 mixed-kd 0.0 T 4.0" in \
+        capsys.readouterr().out
+
+
+def test_recipe_values_give_way_to_explicit_flags(assets, tmp_path):
+    out = tmp_path / "override"
+    assert run_main(_distill(assets, out, "--recipe", "paper", "--mixed", str(assets["mixed"]),
+                             "--w-kd", "0.5", "--T", "2", "--epochs", "1",
+                             "--limit-steps", "1")) == 0
+    assert read_log(out)[0]["weights"] == {"ce": 1.8, "kd": 0.5, "mixed_ce": 1.8,
+                                           "mixed_kd": 0.0, "T": 2.0}
+    # Without a recipe the defaults are the plain ones: CE only, mixed CE 1 with a set.
+    out = tmp_path / "plain"
+    assert run_main(_distill(assets, out, "--mixed", str(assets["mixed"]), "--epochs", "1",
+                             "--limit-steps", "1")) == 0
+    start = read_log(out)[0]
+    assert start["recipe"] is None
+    assert start["weights"] == {"ce": 1.0, "kd": 0.0, "mixed_ce": 1.0, "mixed_kd": 0.0, "T": 4.0}
+
+
+def test_recipe_paper_needs_mixed_images(assets, tmp_path, capsys):
+    assert run_main(_distill(assets, tmp_path / "x", "--recipe", "paper")) == 2
+    assert "--w-mixed-ce/--w-mixed-kd: mixed terms (1.8, 0.0) need mixed images" in \
+        capsys.readouterr().err
+
+
 def test_mixed_epochs_scale_with_kappa(assets, tmp_path):
     # 160 mixed images < 256 labelled: kappa < 1, an epoch stays 256 slots long.
     assert run_main(_distill(assets, tmp_path / "k", "--mixed", str(assets["mixed"]),
@@ -253,9 +386,10 @@ def test_bad_arguments_give_one_line_and_status_2(assets, foreign_set, tmp_path)
 
 # ---------------------------------------------------------------------------- replication ----
 def test_quick_replication(tmp_path):
-    """The whole paired study on a tiny subset: every set and run is made by the package's
-    commands, every run beats chance (the script checks), and the report has every method, the
-    paired differences, the ablations and the per-set measures, which agree with the sets."""
+    """The whole paired study under the paper's protocol on a tiny subset: every set and run is
+    made by the package's commands, every run beats chance (the script checks), and the report
+    has the reading rule, every method, the paired differences with Holm's p, the reruns and
+    the per-set measures, which agree with the sets."""
     from supermix.study import mixed_set_statistics
     from supermix.teachers import default_teacher_path
 
@@ -266,19 +400,29 @@ def test_quick_replication(tmp_path):
                           env=subprocess_env(), cwd=ROOT, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (tmp_path / "RESULTS.md").read_text()
-    for method in ("Student alone (CE)", "KD", "KD + MixUp", "KD + CutMix", "KD + SuperMix"):
+    for method in ("KD + CutMix", "KD + SuperMix (newton_sp)"):
         assert f"| {method} | 2 |" in report, method
-    for ablation in ("KD + SuperMix (newton_sp)", "KD + SuperMix (min_iters 1)",
-                     "KD + SuperMix (k = 3)", "CE + SuperMix, target labels",
-                     "CE + CutMix, teacher-prob labels"):
-        assert f"| {ablation} | 1 |" in report, ablation
-    assert "| KD + SuperMix − KD + CutMix | the paper's claim" in report
-    assert "## Answer" in report and "supermix generate" in report and "supermix train" in report
-    # The per-set row of seed 0's and 1's SuperMix sets: their measures, averaged.
-    stats = [mixed_set_statistics(tmp_path / "sets" / f"supermix-512-512-s{seed}")
+    for extra in ("KD + SuperMix (default solver)", "KD + MixUp", "KD (no mixed images)"):
+        assert f"| {extra} | 1 |" in report, extra
+    assert "## The reading, fixed before the run" in report
+    row = next(line for line in report.splitlines()
+               if line.startswith("| KD + SuperMix (newton_sp) − KD + CutMix | the paper's claim"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[6] in ("yes", "no") and float(cells[4]) == float(cells[5])  # one contrast
+    assert "Verdict by the rule above:" in report
+    assert "supermix generate" in report and "--recipe paper" in report
+    assert "--method newton_sp --min-iters 1" in report
+    # The rerun of seed 0 gives the same shards and the same accuracy.
+    assert "- set supermix-newton_sp, seed 0: shards identical (sha256)" in report
+    assert "- run kd_cutmix, seed 0: test top-1" in report and "DIFFER" not in report
+    assert "first run" not in report
+    # The per-set row of seed 0's and 1's newton_sp sets: their measures, averaged.
+    stats = [mixed_set_statistics(tmp_path / "sets" / f"supermix-newton_sp-512-512-s{seed}")
              for seed in (0, 1)]
-    row = next(line for line in report.splitlines() if line.startswith("| SuperMix | 2 |"))
+    row = next(line for line in report.splitlines()
+               if line.startswith("| SuperMix, newton_sp, min_iters 1 | 2 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[5] == f"{100 * (stats[0]['zero_iters'] + stats[1]['zero_iters']) / 2:.1f}%"
+    assert cells[5] == "0.0%"  # min_iters 1: no sample stays a plain average
     assert cells[7] == f"{(stats[0]['kl_to_target'] + stats[1]['kl_to_target']) / 2:.3f}"
     assert (tmp_path / "replication.png").stat().st_size > 10_000

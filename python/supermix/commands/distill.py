@@ -34,7 +34,10 @@ mixup | cutmix``). Mixed images get a random crop with half the real images' pad
 flip; real images the data set's crop + flip.
 
 One forward of the student on the real and mixed images together (so BatchNorm sees one batch
-of 2B), one forward of the teacher (eval mode, no gradient) on what the active terms need.
+of 2B), one forward of the teacher (eval mode, no gradient) on what the active terms need. With
+``--online supermix`` the solver's own teacher passes serve the loss: the teacher runs once on
+the real batch (the KD term's logits and the sources' labels) and its probabilities on the
+returned mixes are the mixed terms' targets, so no pass is made twice.
 Schedule, epoch scaling by 1/kappa, determinism, resume and torchrun: see
 :mod:`supermix.training`.
 """
@@ -50,7 +53,9 @@ import torch
 from .. import args as sargs
 from ..errors import UsageError
 from ..runtime import DistInfo, make_generator, memory_format
-from ..solver import DEFAULT_METHOD, METHODS
+from ..config import SolverConfig
+from ..mixers import MIXERS, mixer_names
+from ..solver import METHODS
 from ..generation.settings import check_image_fit
 from ..mixed_set import load_mixed_set
 from ..teachers import check_teacher_fits, load_teacher, locate_teacher
@@ -62,7 +67,8 @@ __all__ = [
     "run",
 ]
 
-ONLINE_MIXERS = ("supermix", "mixup", "cutmix")
+ONLINE_MIXERS = mixer_names()
+_SOLVER = SolverConfig()  # the solver's defaults, for the online flags
 
 # Named objectives: the weights and temperature of each (flags override single values).
 RECIPES: dict[str, DistillWeights] = {
@@ -103,19 +109,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="a set written by 'supermix generate' (offline, as the paper)")
     src.add_argument("--online", choices=ONLINE_MIXERS, default=None,
                      help="mix each real batch with this teacher-labelled mixer instead")
-    m.add_argument("--k", type=sargs.positive_int, default=2, help="online: images per mix (default %(default)s)")
-    m.add_argument("--alpha", type=sargs.non_negative_float, default=3.0,
+    m.add_argument("--k", type=sargs.positive_int, default=_SOLVER.k,
+                   help="online: images per mix (default %(default)s)")
+    m.add_argument("--alpha", type=sargs.non_negative_float, default=_SOLVER.alpha,
                    help="online: Dirichlet alpha of the mixing weights (default %(default)s)")
-    m.add_argument("--lambda-s", type=sargs.non_negative_float, default=25.0,
+    m.add_argument("--lambda-s", type=sargs.non_negative_float, default=_SOLVER.lambda_s,
                    help="online supermix: sparsity weight (default %(default)s)")
-    m.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+    m.add_argument("--method", choices=METHODS, default=_SOLVER.method,
                    help="online supermix: solver method (default %(default)s)")
-    m.add_argument("--sigma", type=sargs.non_negative_float, default=1.0,
+    m.add_argument("--sigma", type=sargs.non_negative_float, default=_SOLVER.sigma,
                    help="online supermix: Gaussian smoothing of newton_sp's step, eq. 7 "
                         "(default %(default)s; the other methods do not smooth)")
-    m.add_argument("--mask-size", type=sargs.positive_int, default=8,
+    m.add_argument("--mask-size", type=sargs.positive_int, default=_SOLVER.mask_size[0],
                    help="online supermix: mask grid side (default %(default)s)")
-    m.add_argument("--max-iters", type=int, default=50, help="online supermix: iteration cap (default %(default)s)")
+    m.add_argument("--max-iters", type=int, default=_SOLVER.max_iters,
+                   help="online supermix: iteration cap (default %(default)s)")
     o = p.add_argument_group("objective (original code: -r CE, -a KD)")
     o.add_argument("--recipe", choices=tuple(RECIPES), default=None,
                    help="a named objective; explicit --w-*/--T flags override its values. "
@@ -203,7 +211,8 @@ def _run(args, info: DistInfo) -> int:
         generated = load_mixed_set(args.mixed, limit=args.limit_mixed)
         tr.check_generated(generated, data, t_classes)
 
-    if args.online == "supermix":  # checked before --out is touched
+    solves = bool(args.online) and MIXERS[args.online].solves
+    if solves:  # checked before --out is touched
         check_image_fit({"mask_size": args.mask_size}, data.shape)
     out = tr.check_out(Path(args.out or f"runs/distill-{args.student}-{data.name}"), args.resume,
                        info)
@@ -231,11 +240,13 @@ def _run(args, info: DistInfo) -> int:
     if args.online:
         from ..mixers import create_mixer
 
-        kwargs = dict(k=args.k, alpha=args.alpha)
-        if args.online == "supermix":
-            kwargs.update(lambda_s=args.lambda_s, sigma=args.sigma, mask_size=args.mask_size,
-                          max_iters=args.max_iters, method=args.method)
-        mixer = create_mixer(args.online, teacher=teacher, **kwargs)
+        if solves:
+            config = SolverConfig(k=args.k, alpha=args.alpha, lambda_s=args.lambda_s,
+                                  sigma=args.sigma, mask_size=args.mask_size,
+                                  max_iters=args.max_iters, method=args.method)
+            mixer = create_mixer(args.online, teacher=teacher, config=config)
+        else:
+            mixer = create_mixer(args.online, teacher=teacher, k=args.k, alpha=args.alpha)
     bank = None
     if generated is not None:
         bank = tr.mixed_bank(generated, data.mean, data.std, data.real_padding)
@@ -283,19 +294,30 @@ def _run(args, info: DistInfo) -> int:
         mix_gen = (make_generator(args.seed, "mix", epoch, info.rank, device=device)
                    if mixer is not None else None)
         for x, y in real:
+            known = None
             if mixed is not None:
                 x_mix = next(mixed)[0]
+            elif solves:
+                # The solver's teacher passes serve the loss too: its logits of the real batch
+                # (computed here once, also the sources' labels) and its probabilities on the
+                # returned mixes (log-probabilities are logits up to a constant per row).
+                with torch.no_grad():
+                    t_real = teacher(x).float()
+                result = mixer.mix_batch(x, mix_gen, source_logits=t_real)
+                x_mix = result.mixed.contiguous(memory_format=batch_format)
+                known = (t_real, result.probs.float().clamp_min(torch.finfo(torch.float32).tiny)
+                         .log())
             elif mixer is not None:
                 x_mix = mixer.mix_batch(x, mix_gen).mixed.contiguous(memory_format=batch_format)
             else:
                 x_mix = None
-            yield x, y, x_mix
+            yield x, y, x_mix, known
 
     need_real_teacher = weights.kd > 0
     need_mixed_teacher = weights.needs_mixed
 
     def step(batch):
-        x, y, x_mix = batch
+        x, y, x_mix, known = batch
         b = x.shape[0]
         inputs = (torch.cat([x, x_mix]).contiguous(memory_format=batch_format)
                   if x_mix is not None else x)
@@ -304,7 +326,9 @@ def _run(args, info: DistInfo) -> int:
         s_mixed = logits[b:] if x_mix is not None else None
         t_real = t_mixed = None
         with torch.no_grad():
-            if need_real_teacher and need_mixed_teacher:
+            if known is not None:
+                t_real, t_mixed = known
+            elif need_real_teacher and need_mixed_teacher:
                 t = teacher(inputs).float()
                 t_real, t_mixed = t[:b], t[b:]
             elif need_real_teacher:
