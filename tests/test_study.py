@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from supermix.errors import UsageError
-from supermix.study import (Interval, mean_interval, mixed_set_statistics, paired_difference,
-                            t_quantile_975)
+from supermix.study import (Interval, holm, mean_interval, mixed_set_statistics,
+                            paired_difference, paired_p_value, spearman_rho, t_quantile_975,
+                            t_two_sided_p)
 from testing import make_generated, make_teacher
 
 
@@ -37,6 +38,74 @@ def test_t_quantile_is_the_975_point(df):
 def test_t_quantile_rejects_bad_df(df):
     with pytest.raises(ValueError, match="df must be an int >= 1"):
         t_quantile_975(df)
+
+
+@pytest.mark.parametrize("t, df", [(0.3, 1), (2.5, 2), (1.0, 4), (2.2, 11), (3.7, 11),
+                                   (0.05, 30), (4.0, 60), (-2.2, 11)])
+def test_t_two_sided_p_is_the_tail_area(t, df):
+    """Against the Simpson-rule CDF of the t density (an independent computation)."""
+    assert t_two_sided_p(t, df) == pytest.approx(2 * (1 - student_t_cdf(abs(t), df)),
+                                                 rel=1e-6, abs=1e-9)
+
+
+def test_t_two_sided_p_edges():
+    assert t_two_sided_p(0.0, 5) == pytest.approx(1.0)
+    assert t_two_sided_p(math.inf, 5) == 0.0
+    # At the 97.5% quantile the two-sided p is 5% (to the table's three decimals).
+    assert t_two_sided_p(t_quantile_975(11), 11) == pytest.approx(0.05, abs=2e-4)
+    with pytest.raises(ValueError, match="df must be an int >= 1"):
+        t_two_sided_p(1.0, 0)
+
+
+def test_paired_p_value_is_the_paired_t_test():
+    diffs = {0: 0.012, 1: -0.004, 2: 0.020, 3: 0.007, 4: 0.015}
+    values = list(diffs.values())
+    mean = sum(values) / 5
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 4)
+    t = mean / (sd / math.sqrt(5))
+    assert paired_p_value(diffs) == pytest.approx(2 * (1 - student_t_cdf(t, 4)), rel=1e-6)
+    assert math.isnan(paired_p_value({0: 0.01}))
+    assert paired_p_value({0: 0.01, 1: 0.01}) == 0.0
+    assert paired_p_value({0: 0.0, 1: 0.0}) == 1.0
+
+
+def _holm_by_definition(p: list[float], level: float) -> list[bool]:
+    """Holm's procedure as stated: test the smallest p at level/m, the next at level/(m-1),
+    ..., stop at the first that fails; the rejected ones are the ones before it."""
+    m = len(p)
+    rejected = [False] * m
+    for rank, i in enumerate(sorted(range(m), key=lambda i: p[i])):
+        if p[i] > level / (m - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+@pytest.mark.parametrize("p", [[0.01, 0.04, 0.03, 0.005], [0.2, 0.001, 0.013, 0.02, 0.5],
+                               [0.04], [0.3, 0.3, 0.01]])
+def test_holm_rejects_what_the_procedure_rejects(p):
+    adjusted = holm(p)
+    for level in (0.01, 0.05, 0.1):
+        assert [a <= level for a in adjusted] == _holm_by_definition(p, level), level
+    assert all(a >= q for a, q in zip(adjusted, p)) and max(adjusted) <= 1.0
+
+
+def test_holm_by_hand():
+    # Sorted 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005, 3 x 0.01, 2 x 0.03 (monotone), 1 x 0.04 -> 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_spearman_rho_against_the_rank_difference_formula():
+    x = list(range(9))
+    y = [3.1, 0.2, 5.5, 4.4, 9.0, 7.7, 1.5, 8.8, 6.0]
+    ranks_y = [sorted(y).index(v) for v in y]
+    d2 = sum((a - b) ** 2 for a, b in zip(x, ranks_y))
+    assert spearman_rho(x, y) == pytest.approx(1 - 6 * d2 / (9 * (81 - 1)))
+    assert spearman_rho(x, [-v for v in x]) == pytest.approx(-1.0)
+    # Ties take average ranks: y's ranks are 1.5, 1.5, 3, 4.
+    assert spearman_rho([1, 2, 3, 4], [5, 5, 6, 7]) == pytest.approx(0.9486832980505138)
+    with pytest.raises(ValueError, match="equal-length"):
+        spearman_rho([1, 2], [1])
 
 
 def test_mean_interval_by_hand():
