@@ -115,11 +115,6 @@ def _mixers(teacher) -> dict:
     return out
 
 
-def _mix(mixer, x, y):
-    # timm's Mixup and torchvision's v2 mixers return (x, soft targets) as ours do.
-    return mixer(x, y)
-
-
 CASES = ["none"] + [
     "MixUp", "CutMix", "timm Mixup (mixup)", "timm Mixup (cutmix)", "torchvision v2.MixUp",
     "torchvision v2.CutMix",
@@ -140,12 +135,11 @@ def _measure(benchmark, loop: str, case: str):
         if mixer is None:
             xb, targets = x, F.one_hot(y, 10).float()
         else:
-            xb, targets = _mix(mixer, x, y)
+            xb, targets = mixer(x, y)  # timm's and torchvision's return (x, soft targets) too
         if loop == "kd":
             result = getattr(mixer, "last_result", None) if solves else None
             if result is not None and len(result) == xb.shape[0]:
-                # The solver's final teacher pass: log-probabilities are logits up to a constant.
-                t_logits = result.probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+                t_logits = result.teacher_logits()  # the solver's final teacher pass
             else:
                 with torch.no_grad():
                     t_logits = teacher(xb).float()

@@ -663,14 +663,13 @@ def write_report(path: Path, plot: Path, proto: Protocol, s: Settings, res: Resu
     if proto.reading_rule:
         L += ["## The reading, fixed before the run", "", proto.reading_rule, ""]
     L += ["## Answer", ""]
-    planned = len(proto.full["seeds"])
     for r in main_rows[:3]:
         rule = ""
         if proto.reading_rule and r is main_rows[0]:
-            rule = (f" Verdict by the rule above: {preregistered_verdict(r.interval)}."
-                    if quick or r.interval.n >= planned else
-                    f" Interim ({r.interval.n} of the {planned} planned seeds): the rule above "
-                    "is applied to the whole study only, so this carries no verdict.")
+            rule = (f" Interim ({r.interval.n} of the {len(proto.full['seeds'])} planned seeds): "
+                    "the rule above is applied to the whole study only, so this carries no "
+                    "verdict." if interim else
+                    f" Verdict by the rule above: {preregistered_verdict(r.interval)}.")
         L.append(f"- {r.title}: {_pts(r.interval, True)} points over {r.interval.n} paired "
                  f"seeds (CI {100 * r.interval.low:+.2f} to {100 * r.interval.high:+.2f}; "
                  f"Holm p {_p(r.holm_p)}): {r.verdict}.{rule}")

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["triton_launcher", "interpreter_problem", "TORCH_RANGE"]
-
-# The releases the package is built and tested on (README, "Supported releases").
-TORCH_RANGE = ((2, 11), (2, 15))
+__all__ = ["triton_launcher", "interpreter_problem"]
 
 
 def triton_launcher(kernel, interpreted: bool):

@@ -103,12 +103,5 @@ class SolverConfig:
                             f"{sorted(SOLVER_FIELDS)}")
         return dataclasses.replace(self, **overrides) if overrides else self
 
-    def as_dict(self) -> dict:
-        """The settings as plain values (mask_size a list), e.g. for a manifest or a log."""
-        out = dataclasses.asdict(self)
-        out["mask_size"] = list(self.mask_size)
-        out["autocast_dtype"] = str(self.autocast_dtype) if self.autocast_dtype else None
-        return out
-
 
 SOLVER_FIELDS = tuple(f.name for f in dataclasses.fields(SolverConfig))

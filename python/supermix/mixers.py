@@ -52,7 +52,7 @@ from torch import nn
 from supermix.config import SOLVER_FIELDS, SolverConfig
 from supermix.solver import MixResult, SolveStats, cyclic_sources, eval_mode, sample_dirichlet, solve
 
-__all__ = ["CutMix", "MixUp", "SuperMix", "create_mixer", "register_mixer", "mixer_names", "MIXERS", "LABELS", "MODES",
+__all__ = ["CutMix", "MixUp", "SuperMix", "create_mixer", "register_mixer", "mixer_names", "mixer_solves", "MIXERS", "LABELS", "MODES",
            "ON_FAILURE", "SOLVE_OPTIONS"]
 
 LABELS = ("teacher", "target")
@@ -74,6 +74,12 @@ def mixer_names() -> tuple[str, ...]:
     """The registered keys, the mixers that solve first, then in registration order
     (``("supermix", "mixup", "cutmix")``): the commands' choices."""
     return tuple(sorted(MIXERS, key=lambda key: not MIXERS[key].solves))
+
+
+def mixer_solves(name: str) -> bool:
+    """Whether the registered mixer ``name`` solves for its masks (False for unknown names)."""
+    cls = MIXERS.get(name)
+    return bool(cls is not None and cls.solves)
 
 
 def register_mixer(cls):

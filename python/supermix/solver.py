@@ -91,6 +91,14 @@ class MixResult:
     full_masks: torch.Tensor | None = None
     stats: SolveStats = field(default_factory=SolveStats)
 
+    def teacher_logits(self) -> torch.Tensor:
+        """[B,n] the teacher's log-probabilities on ``mixed``: its logits up to a constant per
+        row, which softmax (at any temperature) and argmax ignore, so a distillation step can
+        use them instead of running the teacher on ``mixed`` again."""
+        if self.probs is None:
+            raise ValueError("this MixResult has no teacher probabilities (an unlabelled blind mix)")
+        return self.probs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
+
     def masks(self) -> torch.Tensor:
         """Normalised full-resolution masks [B,k,H,W] (eq. 4); they sum to 1 over k."""
         if self.full_masks is not None:

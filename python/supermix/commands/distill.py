@@ -305,8 +305,7 @@ def _run(args, info: DistInfo) -> int:
                     t_real = teacher(x).float()
                 result = mixer.mix_batch(x, mix_gen, source_logits=t_real)
                 x_mix = result.mixed.contiguous(memory_format=batch_format)
-                known = (t_real, result.probs.float().clamp_min(torch.finfo(torch.float32).tiny)
-                         .log())
+                known = (t_real, result.teacher_logits())
             elif mixer is not None:
                 x_mix = mixer.mix_batch(x, mix_gen).mixed.contiguous(memory_format=batch_format)
             else:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..config import SolverConfig
-from ..mixers import MIXERS, mixer_names
+from ..mixers import MIXERS, mixer_names, mixer_solves
 from ..solver import METHODS
 
 __all__ = [
@@ -188,12 +188,6 @@ def check_settings(s: dict) -> None:
     need(s["method"] in METHOD_NAMES, "method", f"one of {list(METHOD_NAMES)}")
     need(s["store"] in STORE_NAMES, "store", f"one of {list(STORE_NAMES)}")
     need(s["split"] in SPLIT_NAMES, "split", f"one of {list(SPLIT_NAMES)}")
-
-
-def mixer_solves(name: str) -> bool:
-    """Whether the registered mixer ``name`` solves for masks (False for unknown names)."""
-    cls = MIXERS.get(name)
-    return bool(cls is not None and cls.solves)
 
 
 def check_image_fit(s: dict, image_shape, flag: str = "--mask-size") -> None:

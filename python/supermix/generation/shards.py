@@ -11,8 +11,8 @@ from torch import nn
 
 from ..errors import UsageError
 from ..mixed_set import ShardStats, to_stored
+from ..mixers import mixer_solves
 from ..runtime import derive_seed
-from .settings import mixer_solves
 from .source import ImageSource
 
 __all__ = [
