@@ -223,3 +223,106 @@ def test_the_toolkit_examples_run():
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/TOOLKIT.md", "exec"), namespace)
+
+
+# ------------------------------------------------------------------- the commands' flags ----
+def _parser(command):
+    from supermix import cli
+
+    return cli.build_parser()._subparsers._group_actions[0].choices[command]
+
+
+def _option(parser, flag):
+    return next(a for a in parser._actions if flag in a.option_strings)
+
+
+# The flags each command takes for the solver, by setting (an independent list: the commands'
+# documented flags, README "Commands").
+COMMAND_SOLVER_FLAGS = {
+    "generate": ("k", "alpha", "lambda_s", "sigma", "mask_size", "max_iters", "min_iters",
+                 "method"),
+    "distill": ("k", "alpha", "lambda_s", "sigma", "mask_size", "max_iters", "method"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_SOLVER_FLAGS))
+def test_every_commands_solver_flags_come_from_the_config(command):
+    from supermix.config import setting_help
+
+    parser = _parser(command)
+    paper = dict(k="2", alpha="3", lambda_s="25", sigma="1", mask_size="8", max_iters="50",
+                 min_iters="0", method="margin_gd")
+    for name in COMMAND_SOLVER_FLAGS[command]:
+        action = _option(parser, "--" + name.replace("_", "-"))
+        assert action.default is None, name  # "not given": the config (or preset) decides
+        assert setting_help(name) in action.help and f"(default {paper[name]})" in action.help
+    parsed = parser.parse_args(["--lambda-s", "7.5", "--mask-size", "4", "--k", "3",
+                                "--method", "newton_sp"] + (["--out", "x", "--size", "8"]
+                                                            if command == "generate" else []))
+    assert (parsed.lambda_s, parsed.mask_size, parsed.k, parsed.method) == (7.5, 4, 3, "newton_sp")
+    assert type(parsed.lambda_s) is float and type(parsed.k) is int and type(parsed.mask_size) is int
+
+
+@pytest.mark.parametrize("values,message", [
+    (dict(k=1), "--k: expected an int >= 2, got 1"),
+    (dict(alpha=0.0), "--alpha: expected a finite number > 0, got 0.0"),
+    (dict(lambda_s=-1.0), "--lambda-s: expected a finite number >= 0, got -1.0"),
+    (dict(sigma=float("inf")), "--sigma: expected a finite number >= 0, got inf"),
+    (dict(max_iters=-2), "--max-iters: expected an int >= 0, got -2"),
+    (dict(max_iters=3, min_iters=4), "--min-iters: expected an int in [0, max_iters=3], got 4"),
+])
+def test_solver_config_names_the_flag(values, message):
+    from supermix.args import solver_config
+    from supermix.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        solver_config(values)
+    assert str(info.value) == message
+    # Unset values are the config's; set ones replace them.
+    assert solver_config(dict(k=None, lambda_s=3.0)) == SolverConfig(lambda_s=3.0)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "--size", "8", "--alpha", "0"], "--alpha: expected a finite number > 0, got 0.0"),
+    (["generate", "--size", "8", "--k", "1"], "--k: expected an int >= 2, got 1"),
+    (["distill", "--online", "supermix", "--k", "1"], "--k: expected an int >= 2, got 1"),
+    (["distill", "--online", "mixup", "--alpha", "-1"],
+     "--alpha: expected a finite number > 0, got -1.0"),
+    (["distill", "--online", "supermix", "--max-iters", "-1"],
+     "--max-iters: expected an int >= 0, got -1"),
+])
+def test_the_commands_refuse_a_bad_solver_value_in_one_line(tmp_path, capsys, argv, message):
+    from supermix import cli
+
+    status = cli.main([*argv, "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_takes_a_config(tmp_path):
+    """generate(config=...) writes the set the same keywords write (same shards, same record);
+    a setting given twice, a grid that is not square or one generate does not record is named."""
+    from supermix.checkpoint import sha256_file
+    from supermix.errors import UsageError
+    from supermix.generation import generate
+    from testing import make_teacher
+
+    teacher = make_teacher(tmp_path / "teacher.pt")
+    common = dict(teacher=teacher, shard_size=16, batch_size=16, device="cpu", progress=False,
+                  keep_failed=True, limit=64, log=lambda msg: None)
+    settings = dict(k=3, alpha=2.0, lambda_s=10.0, mask_size=4, max_iters=3, min_iters=1,
+                    method="newton_sp", sigma=0.5)
+    by_keywords = generate(tmp_path / "keywords", 16, **settings, **common)
+    by_config = generate(tmp_path / "config", 16, config=SolverConfig(**settings), **common)
+    assert by_config["config"] == by_keywords["config"]
+    assert [sha256_file(p) for p in sorted((tmp_path / "config").glob("shard-*"))] == \
+        [sha256_file(p) for p in sorted((tmp_path / "keywords").glob("shard-*"))]
+    for config, extra, message in [
+        (SolverConfig(k=3), dict(k=3), "generate: ['k'] given both in config and as keywords"),
+        (SolverConfig(mask_size=(4, 6)), {}, "generate: config.mask_size must be square, got 4x6"),
+        (SolverConfig(lr=0.5), {}, "generate: config sets ['lr'], which generate does not take"),
+    ]:
+        with pytest.raises(UsageError) as info:
+            generate(tmp_path / "refused", 16, config=config, **extra, **common)
+        assert message in str(info.value)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import fields
 
+from .config import COMMAND_LINE_SETTINGS, METHODS, SettingError, SolverConfig, setting_help
 from .data import IMAGEFOLDER_IMAGE_SIZE
+from .errors import UsageError
 from .training.schedule import SCHEDULE_DEFAULTS, SCHEDULE_PRESETS
 
 __all__ = [
@@ -22,6 +25,9 @@ __all__ = [
     "add_threads_argument",
     "add_schedule_arguments",
     "add_runtime_arguments",
+    "add_solver_arguments",
+    "solver_flag",
+    "solver_config",
 ]
 
 
@@ -159,3 +165,41 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
+
+
+def solver_flag(setting: str) -> str:
+    """The flag of a solver setting: ``lambda_s`` -> ``--lambda-s``."""
+    return "--" + setting.replace("_", "-")
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_solver_arguments(g, settings=COMMAND_LINE_SETTINGS, *, defaults: dict | None = None,
+                         scope: str = "") -> None:
+    """Add the flags of the solver ``settings`` (SolverConfig fields) to ``g``, their help text
+    and types from the config, so that every command spells, types and documents a setting
+    the same way. Every flag defaults to None ("not given"); the help shows ``defaults[name]``
+    (default: SolverConfig's). ``scope`` prefixes the help, e.g. "online supermix: ". The values
+    are checked by SolverConfig (see :func:`solver_config`), not by argparse."""
+    declared = {f.name: f.default for f in fields(SolverConfig)}
+    for name in settings:
+        default = (defaults or {}).get(name, declared[name])
+        # A setting parses as its declared default's type (mask_size: an int side).
+        options = dict(choices=METHODS) if name == "method" else dict(type=type(declared[name]))
+        g.add_argument(solver_flag(name), default=None, **options,
+                       help=f"{scope}{setting_help(name)} (default {_shown(default)})")
+
+
+def solver_config(values: dict, base: SolverConfig | None = None) -> SolverConfig:
+    """``base`` (default SolverConfig()) with the given ``values`` (None: not given), checked.
+
+    Raises:
+        UsageError: a value out of range, naming its flag, what it takes and what came.
+    """
+    given = {name: value for name, value in values.items() if value is not None}
+    try:
+        return (base or SolverConfig()).replace(**given)
+    except SettingError as e:
+        raise UsageError(f"{solver_flag(e.setting)}: expected {e.expected}, got {e.got!r}") from None

@@ -9,15 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "SolverConfig", "SOLVER_FIELDS"]
+__all__ = ["METHODS", "DEFAULT_METHOD", "SolverConfig", "SOLVER_FIELDS", "SettingError",
+           "COMMAND_LINE_SETTINGS", "setting_help"]
 
 METHODS = ("margin_gd", "newton_sp", "newton", "sgd")
 # The method that solve, the mixers and generate use when none is named.
 DEFAULT_METHOD = "margin_gd"
+
+
+class SettingError(ValueError):
+    """A solver setting out of range. ``setting`` names the field, ``expected`` says what it
+    takes and ``got`` is the value; a command turns the three into a message naming its flag."""
+
+    def __init__(self, setting: str, expected: str, got):
+        self.setting, self.expected, self.got = setting, expected, got
+        super().__init__(f"solve: {setting} must be {expected}, got {got!r}")
+
+
+def _setting(default, help: str, command_line: bool = True):
+    # The help text is the one every command's flag shows (supermix.args.add_solver_arguments).
+    return field(default=default, metadata={"help": help, "command_line": command_line})
 
 
 @dataclass(frozen=True)
@@ -42,19 +57,23 @@ class SolverConfig:
         channels_last: feed the teacher channels_last tensors.
     """
 
-    k: int = 2
-    alpha: float = 3.0
-    lambda_s: float = 25.0
-    sigma: float = 1.0
-    mask_size: int | tuple[int, int] = 8
-    max_iters: int = 50
-    min_iters: int = 0
-    method: str = DEFAULT_METHOD
-    lr: float = 0.1
-    lambda_tv: float = 250.0
-    backend: str | None = None
-    autocast_dtype: torch.dtype | None = None
-    channels_last: bool = False
+    k: int = _setting(2, "sources per mixed image")
+    alpha: float = _setting(3.0, "Dirichlet concentration of the mixing weights r, eq. 2")
+    lambda_s: float = _setting(25.0, "weight of the sparsity loss L_s, eq. 5")
+    sigma: float = _setting(1.0, "Gaussian smoothing of newton_sp's step in grid cells, eq. 7 "
+                                 "(the other methods do not smooth)")
+    mask_size: int | tuple[int, int] = _setting(8, "side of the mask-logit grid")
+    max_iters: int = _setting(50, "iteration cap; unfinished samples fail")
+    min_iters: int = _setting(0, "steps every sample takes before the criterion may stop it (0: "
+                                 "samples that meet it at the uniform start stay plain averages)")
+    method: str = _setting(DEFAULT_METHOD, "the iteration: margin_gd (the package's), "
+                                          "newton_sp (the paper's Algorithm 1), newton, sgd")
+    lr: float = _setting(0.1, "SGD learning rate (method sgd)", command_line=False)
+    lambda_tv: float = _setting(250.0, "TV weight of the Table 4 baselines", command_line=False)
+    backend: str | None = _setting(None, "kernel backend", command_line=False)
+    autocast_dtype: torch.dtype | None = _setting(None, "teacher autocast dtype",
+                                                  command_line=False)
+    channels_last: bool = _setting(False, "channels_last teacher inputs", command_line=False)
 
     def __post_init__(self):
         size = self.mask_size
@@ -63,13 +82,12 @@ class SolverConfig:
         # Its range (1x1 up to the image size) is checked by solve, which sees the images.
         if (not isinstance(size, (tuple, list)) or len(size) != 2
                 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size)):
-            raise ValueError(f"solve: mask_size must be an int or a pair (h, w) of ints, got "
-                             f"{self.mask_size!r}")
+            raise SettingError("mask_size", "an int or a pair (h, w) of ints", self.mask_size)
         object.__setattr__(self, "mask_size", (int(size[0]), int(size[1])))
         if self.method not in METHODS:
-            raise ValueError(f"solve: method must be one of {METHODS}, got {self.method!r}")
+            raise SettingError("method", f"one of {METHODS}", self.method)
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 2:
-            raise ValueError(f"solve: k must be an int >= 2, got {self.k!r}")
+            raise SettingError("k", "an int >= 2", self.k)
         for name, ok, expected in (
             ("alpha", lambda v: v > 0, "> 0"),
             ("lambda_s", lambda v: v >= 0, ">= 0"),
@@ -80,13 +98,13 @@ class SolverConfig:
             value = getattr(self, name)
             if (not isinstance(value, (int, float)) or isinstance(value, bool)
                     or not math.isfinite(value) or not ok(value)):
-                raise ValueError(f"solve: {name} must be a finite number {expected}, got {value!r}")
+                raise SettingError(name, f"a finite number {expected}", value)
         if not isinstance(self.max_iters, int) or isinstance(self.max_iters, bool) or self.max_iters < 0:
-            raise ValueError(f"solve: max_iters must be an int >= 0, got {self.max_iters!r}")
+            raise SettingError("max_iters", "an int >= 0", self.max_iters)
         if (not isinstance(self.min_iters, int) or isinstance(self.min_iters, bool)
                 or not 0 <= self.min_iters <= self.max_iters):
-            raise ValueError(f"solve: min_iters must be an int in [0, max_iters={self.max_iters}], "
-                             f"got {self.min_iters!r}")
+            raise SettingError("min_iters", f"an int in [0, max_iters={self.max_iters}]",
+                               self.min_iters)
         if self.autocast_dtype is not None and not isinstance(self.autocast_dtype, torch.dtype):
             raise TypeError(f"solve: autocast_dtype must be a torch.dtype or None, got "
                             f"{self.autocast_dtype!r}")
@@ -105,3 +123,11 @@ class SolverConfig:
 
 
 SOLVER_FIELDS = tuple(f.name for f in dataclasses.fields(SolverConfig))
+# The settings the commands expose as flags (``--lambda-s`` for lambda_s), in this order.
+COMMAND_LINE_SETTINGS = tuple(f.name for f in dataclasses.fields(SolverConfig)
+                              if f.metadata["command_line"])
+
+
+def setting_help(name: str) -> str:
+    """The help text of a solver setting (what its flag says in every command)."""
+    return next(f for f in dataclasses.fields(SolverConfig) if f.name == name).metadata["help"]

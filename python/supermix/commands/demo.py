@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from supermix_ext import BACKENDS
-
 from .. import args as sargs
 from .. import data as sdata
+from ..config import SolverConfig
 from ..errors import UsageError
 from ..generation.settings import DEFAULTS as GENERATE_DEFAULTS
+from ..kernels import BACKENDS
 from ..mixers import MIXERS, mixer_names
 from ..teachers import load_teacher_for, locate_teacher
 
@@ -30,7 +30,8 @@ MIXER_TITLES = {key: MIXERS[key].name for key in mixer_names()}
 
 
 def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_size: int = 64,
-             rows: int = 3, k: int = 2, seed: int = 0, max_iters: int = 50,
+             rows: int = 3, k: int = SolverConfig.k, seed: int = 0,
+             max_iters: int = SolverConfig.max_iters,
              device: str | None = None, backend: str | None = None,
              mixers: tuple[str, ...] = mixer_names(),
              print_fn=print) -> dict:
@@ -40,7 +41,7 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
         ``{"backend": str, "device": str, "out": path, "mixers": {name: {"mean_iters",
         "success_rate", "images_per_s", "seconds"}}}``.
     """
-    from supermix_ext import backend_info, resolve_backend
+    from ..kernels import backend_info, resolve_backend
 
     from ..generation import blind_success, make_mixer
     from ..runtime import resolve_device
@@ -136,8 +137,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sargs.add_teacher_argument(p)
     p.add_argument("--batch-size", type=int, default=64, help="images mixed by each mixer")
     p.add_argument("--rows", type=int, default=3, help="rows per mixer in the figure")
-    p.add_argument("--k", type=int, default=2, help="sources per mixed image")
-    p.add_argument("--max-iters", type=int, default=50, help="SuperMix iteration cap")
+    sargs.add_solver_arguments(p, ("k", "max_iters"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
     p.add_argument("--backend", choices=BACKENDS, default=None,
@@ -151,15 +151,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.k < 2:
-        raise UsageError(f"--k: expected an integer >= 2, got {args.k}")
-    if args.max_iters < 0:
-        raise UsageError(f"--max-iters: expected an integer >= 0, got {args.max_iters}")
+    config = sargs.solver_config({"k": args.k, "max_iters": args.max_iters})
     if args.threads < 0:
         raise UsageError(f"--threads: expected an integer >= 0, got {args.threads}")
     if args.threads > 0 and torch.device(args.device or "cpu").type == "cpu":
         torch.set_num_threads(args.threads)
     run_demo(out=args.out, teacher=args.teacher, batch_size=args.batch_size, rows=args.rows,
-             k=args.k, seed=args.seed, max_iters=args.max_iters, device=args.device,
+             k=config.k, seed=args.seed, max_iters=config.max_iters, device=args.device,
              backend=args.backend)
     return 0

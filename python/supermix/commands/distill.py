@@ -55,7 +55,6 @@ from ..errors import UsageError
 from ..runtime import DistInfo, make_generator, memory_format
 from ..config import SolverConfig
 from ..mixers import MIXERS, mixer_names
-from ..solver import METHODS
 from ..generation.settings import check_image_fit
 from ..mixed_set import load_mixed_set
 from ..teachers import check_teacher_fits, load_teacher, locate_teacher
@@ -68,7 +67,8 @@ __all__ = [
 ]
 
 ONLINE_MIXERS = mixer_names()
-_SOLVER = SolverConfig()  # the solver's defaults, for the online flags
+# The solver settings distill's --online mixing takes as flags (k and alpha for every mixer).
+ONLINE_SOLVER_SETTINGS = ("k", "alpha", "lambda_s", "method", "sigma", "mask_size", "max_iters")
 
 # Named objectives: the weights and temperature of each (flags override single values).
 RECIPES: dict[str, DistillWeights] = {
@@ -109,21 +109,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="a set written by 'supermix generate' (offline, as the paper)")
     src.add_argument("--online", choices=ONLINE_MIXERS, default=None,
                      help="mix each real batch with this teacher-labelled mixer instead")
-    m.add_argument("--k", type=sargs.positive_int, default=_SOLVER.k,
-                   help="online: images per mix (default %(default)s)")
-    m.add_argument("--alpha", type=sargs.non_negative_float, default=_SOLVER.alpha,
-                   help="online: Dirichlet alpha of the mixing weights (default %(default)s)")
-    m.add_argument("--lambda-s", type=sargs.non_negative_float, default=_SOLVER.lambda_s,
-                   help="online supermix: sparsity weight (default %(default)s)")
-    m.add_argument("--method", choices=METHODS, default=_SOLVER.method,
-                   help="online supermix: solver method (default %(default)s)")
-    m.add_argument("--sigma", type=sargs.non_negative_float, default=_SOLVER.sigma,
-                   help="online supermix: Gaussian smoothing of newton_sp's step, eq. 7 "
-                        "(default %(default)s; the other methods do not smooth)")
-    m.add_argument("--mask-size", type=sargs.positive_int, default=_SOLVER.mask_size[0],
-                   help="online supermix: mask grid side (default %(default)s)")
-    m.add_argument("--max-iters", type=int, default=_SOLVER.max_iters,
-                   help="online supermix: iteration cap (default %(default)s)")
+    sargs.add_solver_arguments(m, ("k", "alpha"), scope="online: ")
+    sargs.add_solver_arguments(m, ONLINE_SOLVER_SETTINGS[2:], scope="online supermix: ")
     o = p.add_argument_group("objective (original code: -r CE, -a KD)")
     o.add_argument("--recipe", choices=tuple(RECIPES), default=None,
                    help="a named objective; explicit --w-*/--T flags override its values. "
@@ -162,13 +149,6 @@ def _weights(args) -> DistillWeights:
     T = pick(args.T, base.T)
     if not math.isfinite(T) or T <= 0:
         raise UsageError(f"--T: expected a temperature > 0, got {T}")
-    if args.online:
-        if args.k < 2:
-            raise UsageError(f"--k: expected at least 2 images per mix, got {args.k}")
-        if args.alpha <= 0:
-            raise UsageError(f"--alpha: expected a Dirichlet alpha > 0, got {args.alpha}")
-        if args.max_iters < 0:
-            raise UsageError(f"--max-iters: expected >= 0, got {args.max_iters}")
     w = DistillWeights(ce=ce, kd=kd, mixed_ce=mixed_ce, mixed_kd=mixed_kd, T=T)
     if w.needs_mixed and not has_source:
         raise UsageError(f"--w-mixed-ce/--w-mixed-kd: mixed terms ({w.mixed_ce}, {w.mixed_kd}) "
@@ -181,6 +161,16 @@ def _weights(args) -> DistillWeights:
     return w
 
 
+def _online_config(args) -> SolverConfig:
+    """The online mixer's settings from the flags (checked by SolverConfig, errors naming the
+    flag); the resolved values go back into ``args``, which the checkpoint records."""
+    config = sargs.solver_config({name: getattr(args, name) for name in ONLINE_SOLVER_SETTINGS})
+    for name in ONLINE_SOLVER_SETTINGS:
+        value = getattr(config, name)
+        setattr(args, name, value[0] if name == "mask_size" else value)
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
     """``supermix distill``; returns the exit status."""
     return tr.run_command(args, _run)
@@ -190,6 +180,7 @@ def _run(args, info: DistInfo) -> int:
     tr.resolve_hparams(args)
 
     weights = _weights(args)
+    config = _online_config(args)
 
     teacher_path = locate_teacher(args.teacher)
     args.teacher = str(teacher_path.resolve())
@@ -240,13 +231,7 @@ def _run(args, info: DistInfo) -> int:
     if args.online:
         from ..mixers import create_mixer
 
-        if solves:
-            config = SolverConfig(k=args.k, alpha=args.alpha, lambda_s=args.lambda_s,
-                                  sigma=args.sigma, mask_size=args.mask_size,
-                                  max_iters=args.max_iters, method=args.method)
-            mixer = create_mixer(args.online, teacher=teacher, config=config)
-        else:
-            mixer = create_mixer(args.online, teacher=teacher, k=args.k, alpha=args.alpha)
+        mixer = create_mixer(args.online, teacher=teacher, config=config)
     bank = None
     if generated is not None:
         bank = tr.mixed_bank(generated, data.mean, data.std, data.real_padding)

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from supermix_ext import BACKENDS
-
 from .. import args as sargs
 from ..generation import (DEFAULTS, MIXER_NAMES, SOLVER_PRESETS, SPLIT_NAMES, STORE_NAMES,
                           GenerateSettings, generate_set, limit_arg)
+from ..kernels import BACKENDS
 from ..runtime import set_threads
-from ..solver import METHODS
 
 __all__ = ["add_parser", "run"]
 
@@ -36,25 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="paper settings: cifar100 (8x8, sigma 1), imagenet (16x16, sigma 2, k 3), "
                         "fashion-mnist; explicit flags override it")
     d = DEFAULTS  # the solver's are SolverConfig's defaults
-    p.add_argument("--k", type=int, default=None, help=f"sources per sample (default {d['k']})")
-    p.add_argument("--alpha", type=float, default=None,
-                   help=f"Dirichlet alpha (default {d['alpha']:g})")
-    p.add_argument("--lambda-s", type=float, default=None,
-                   help=f"sparsity weight (default {d['lambda_s']:g})")
-    p.add_argument("--sigma", type=float, default=None,
-                   help=f"Gaussian smoothing of newton_sp's step, eq. 7 (default {d['sigma']:g}; "
-                        "the other methods do not smooth)")
-    p.add_argument("--mask-size", type=int, default=None,
-                   help=f"mask grid side (default {d['mask_size']})")
-    p.add_argument("--method", choices=METHODS, default=None,
-                   help=f"solver method (default {d['method']})")
+    sargs.add_solver_arguments(p, defaults=d, scope="solver: ")
     p.add_argument("--mixer", choices=MIXER_NAMES, default=None, help=f"default {d['mixer']}")
-    p.add_argument("--max-iters", type=int, default=None,
-                   help=f"solver iteration cap (default {d['max_iters']})")
-    p.add_argument("--min-iters", type=int, default=None,
-                   help="solver steps every SuperMix sample takes before the criterion may stop "
-                        "it (default 0: samples that meet it at the uniform start stay plain "
-                        "averages)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per solver call (default 128)")
     p.add_argument("--shard-size", type=int, default=None, help="samples per shard (default 1024)")

@@ -12,11 +12,11 @@ from typing import Any, Callable
 
 import torch
 
-from supermix_ext import deterministic_mode
-
 from .. import data as sdata
 from ..checkpoint import sha256_file
+from ..config import COMMAND_LINE_SETTINGS, SOLVER_FIELDS, SolverConfig
 from ..errors import MissingFileError, UsageError
+from ..kernels import deterministic_mode
 from ..mixed_set import (FORMAT, FORMAT_VERSION, MANIFEST, PNG_DIR, ShardStats, check_out_dir,
                          clean_temporaries, describe_diff, differing_keys, finished_shards,
                          read_manifest, remove_set, shard_name, totals, write_manifest,
@@ -31,9 +31,12 @@ from .source import ImageSource, subset_indices
 
 __all__ = ["generate", "generate_set"]
 
+_DEFAULT = SolverConfig()
 
-def generate(out_dir: str | os.PathLike, size: int, *, arguments: dict | None = None,
-             log: Callable[[str], None] | None = None, **options: Any) -> dict:
+
+def generate(out_dir: str | os.PathLike, size: int, *, config: SolverConfig | None = None,
+             arguments: dict | None = None, log: Callable[[str], None] | None = None,
+             **options: Any) -> dict:
     """Generate (or finish generating) a mixed data set in ``out_dir``; returns the manifest.
 
     Args (``options`` are the fields of :class:`GenerateSettings`):
@@ -43,6 +46,9 @@ def generate(out_dir: str | os.PathLike, size: int, *, arguments: dict | None = 
         data, data_root: data spec (see :mod:`supermix.data`) and optional folder override.
         preset: ``"cifar100" | "imagenet" | "fashion-mnist"``: the paper's k, alpha,
             lambda_s, sigma and mask size; explicit arguments override it.
+        config: a :class:`~supermix.SolverConfig` for the solver settings below (square
+            grids; its backend and teacher options are the run's own); the keywords then
+            must not repeat them.
         k, alpha, lambda_s, sigma, mask_size, method, max_iters: solver settings.
         min_iters: solver steps every SuperMix sample takes before the criterion may stop it
             (default 0: a sample the teacher already reads correctly at the initial, uniform
@@ -67,7 +73,36 @@ def generate(out_dir: str | os.PathLike, size: int, *, arguments: dict | None = 
             or a folder generated with other settings (the differing keys are named).
         GenerationError: a shard could not reach its quota of successful samples.
     """
+    if config is not None:
+        options.update(_config_options(config, options))
     return generate_set(GenerateSettings(out=out_dir, size=size, **options), arguments, log)
+
+
+def _config_options(config: SolverConfig, options: dict) -> dict:
+    """The keyword settings of a SolverConfig (as generate records them: a square grid as one
+    int).
+
+    Raises:
+        UsageError: a setting given twice, or a grid that is not square.
+    """
+    twice = sorted(set(COMMAND_LINE_SETTINGS) & {k for k, v in options.items() if v is not None})
+    if twice:
+        raise UsageError(f"generate: {twice} given both in config and as keywords")
+    # The manifest records the command-line settings only: any other changed setting would
+    # make sets that their manifest does not describe.
+    unrecorded = [name for name in SOLVER_FIELDS if name not in COMMAND_LINE_SETTINGS
+                  and name != "backend" and getattr(config, name) != getattr(_DEFAULT, name)]
+    if unrecorded:
+        raise UsageError(f"generate: config sets {unrecorded}, which generate does not take "
+                         f"(it takes {list(COMMAND_LINE_SETTINGS)} and backend)")
+    h, w = config.mask_size
+    if h != w:
+        raise UsageError(f"generate: config.mask_size must be square, got {h}x{w}")
+    values = {name: getattr(config, name) for name in COMMAND_LINE_SETTINGS}
+    values["mask_size"] = h
+    if config.backend is not None and options.get("backend") is None:
+        values["backend"] = config.backend
+    return values
 
 
 def generate_set(settings: GenerateSettings, arguments: dict | None = None,
@@ -96,7 +131,7 @@ def generate_set(settings: GenerateSettings, arguments: dict | None = None,
 
 def _generate(settings: GenerateSettings, s: dict, preset_values: dict, teacher_path: Path,
               teacher_sha: str, arguments: dict, world: DistInfo, log) -> dict:
-    from supermix_ext import resolve_backend
+    from ..kernels import resolve_backend
 
     out, data, data_root, dev = Path(settings.out), settings.data, settings.data_root, world.device
     backend, export_png, overwrite = settings.backend, settings.export_png, settings.overwrite

@@ -3,13 +3,13 @@ once from the command line or from keywords, and their checks."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..args import solver_config
+from ..config import COMMAND_LINE_SETTINGS, SolverConfig
 from ..errors import UsageError
-from ..config import SolverConfig
 from ..mixers import MIXERS, mixer_names, mixer_solves
 from ..solver import METHODS
 
@@ -169,14 +169,10 @@ def check_settings(s: dict) -> None:
             raise UsageError(f"--{name.replace('_', '-')}: expected {expected}, got {s[name]!r}")
 
     need(isinstance(s["size"], int) and s["size"] > 0, "size", "an integer > 0")
-    need(isinstance(s["k"], int) and s["k"] >= 2, "k", "an integer >= 2")
-    need(math.isfinite(s["alpha"]) and s["alpha"] > 0, "alpha", "a number > 0")
-    need(math.isfinite(s["lambda_s"]) and s["lambda_s"] >= 0, "lambda_s", "a number >= 0")
-    need(math.isfinite(s["sigma"]) and s["sigma"] >= 0, "sigma", "a number >= 0")
+    # The solver's settings are SolverConfig's to check (one place for solve, the mixers and
+    # every command); the grid's lower bound is checked here, before the images are known.
+    solver_config({name: s[name] for name in COMMAND_LINE_SETTINGS})
     need(isinstance(s["mask_size"], int) and s["mask_size"] >= 1, "mask_size", "an integer >= 1")
-    need(isinstance(s["max_iters"], int) and s["max_iters"] >= 0, "max_iters", "an integer >= 0")
-    need(isinstance(s["min_iters"], int) and 0 <= s["min_iters"] <= s["max_iters"], "min_iters",
-         f"an integer in [0, max_iters={s['max_iters']}]")
     # The blind mixers take no solver steps, so a step count for them is a mistake.
     blind = ", ".join(name for name in MIXER_NAMES if not MIXERS[name].solves)
     need(mixer_solves(s["mixer"]) or s["min_iters"] == 0, "min_iters",
@@ -185,7 +181,6 @@ def check_settings(s: dict) -> None:
     need(isinstance(s["shard_size"], int) and s["shard_size"] >= 1, "shard_size", "an integer >= 1")
     need(isinstance(s["seed"], int) and s["seed"] >= 0, "seed", "an integer >= 0")
     need(s["mixer"] in MIXER_NAMES, "mixer", f"one of {list(MIXER_NAMES)}")
-    need(s["method"] in METHOD_NAMES, "method", f"one of {list(METHOD_NAMES)}")
     need(s["store"] in STORE_NAMES, "store", f"one of {list(STORE_NAMES)}")
     need(s["split"] in SPLIT_NAMES, "split", f"one of {list(SPLIT_NAMES)}")
 

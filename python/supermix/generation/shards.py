@@ -57,16 +57,13 @@ def make_mixer(s: dict, teacher: nn.Module, backend: str | None):
     Raises:
         UsageError: the mixer refuses a setting (its message).
     """
-    from ..config import SolverConfig
+    from ..config import COMMAND_LINE_SETTINGS, SolverConfig
     from ..mixers import create_mixer
     try:
-        if mixer_solves(s["mixer"]):
-            config = SolverConfig(k=s["k"], alpha=s["alpha"], lambda_s=s["lambda_s"],
-                                  sigma=s["sigma"], mask_size=s["mask_size"],
-                                  max_iters=s["max_iters"], min_iters=s["min_iters"],
-                                  method=s["method"], backend=backend)
-            return create_mixer(s["mixer"], teacher=teacher, config=config)
-        return create_mixer(s["mixer"], teacher=teacher, k=s["k"], alpha=s["alpha"])
+        # The blind mixers take k and alpha from the config and ignore the rest.
+        config = SolverConfig(backend=backend).replace(
+            **{name: s[name] for name in COMMAND_LINE_SETTINGS})
+        return create_mixer(s["mixer"], teacher=teacher, config=config)
     except (ValueError, TypeError) as e:
         raise UsageError(f"--mixer {s['mixer']}: {e}") from e
 
