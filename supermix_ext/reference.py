@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "normalised_masks_ref",
+    "sparsity_ref",
     "mix_ref",
     "gaussian_smooth_ref",
     "gaussian_taps",
@@ -49,6 +51,12 @@ def normalised_masks_ref(logits: torch.Tensor, size: tuple[int, int]) -> torch.T
     return s / s.sum(dim=1, keepdim=True)
 
 
+def sparsity_ref(masks: torch.Tensor) -> torch.Tensor:
+    """The sparsity term of eq. 5 per sample: masks [B,k,H,W] -> [B], the mean over (i, u) of
+    |m_i(u) (m_i(u) - 1)|."""
+    return (masks * (masks - 1)).abs().mean(dim=(1, 2, 3))
+
+
 def mix_ref(images: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix k images through sigmoid-normalised, upsampled masks (paper eq. 1, 4, 5).
 
@@ -65,8 +73,7 @@ def mix_ref(images: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, t
     H, W = images.shape[-2:]
     masks = normalised_masks_ref(logits, (H, W))
     mixed = (masks.unsqueeze(2) * images.to(acc)).sum(dim=1)
-    sparsity = (masks * (masks - 1)).abs().mean(dim=(1, 2, 3))
-    return mixed.to(images.dtype), sparsity
+    return mixed.to(images.dtype), sparsity_ref(masks)
 
 
 def gaussian_taps(sigma: float, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:

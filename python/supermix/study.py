@@ -201,11 +201,6 @@ SET_MEASURES = (
 )
 
 
-def _sparsity_term(masks: torch.Tensor) -> torch.Tensor:
-    """Eq. 5 per sample: masks [B,k,H,W] -> [B], mean of m (1 - m)."""
-    return (masks * (1 - masks)).mean(dim=(1, 2, 3))
-
-
 @torch.no_grad()
 def mixed_set_statistics(path: str | os.PathLike, chunk: int = 4096) -> dict[str, float]:
     """The :data:`SET_MEASURES` of a set written by ``supermix generate``, plus ``n``.
@@ -214,8 +209,7 @@ def mixed_set_statistics(path: str | os.PathLike, chunk: int = 4096) -> dict[str
     sigmoid-normalised and upsampled as eq. 4 mixes them), from ``r`` for MixUp (every pixel
     mixes all sources with weights r) and is 0 for CutMix (each pixel from one source).
     """
-    from supermix_ext.reference import normalised_masks_ref
-
+    from .kernels import mask_sparsity, normalised_masks
     from .mixed_set import MixedDataset
     from .mixers import MIXERS
 
@@ -232,7 +226,7 @@ def mixed_set_statistics(path: str | os.PathLike, chunk: int = 4096) -> dict[str
     if solves:
         logits = ds.read_field("mask_logits").float()
         sparsity = torch.cat([
-            _sparsity_term(normalised_masks_ref(logits[i:i + chunk], (height, width)))
+            mask_sparsity(normalised_masks(logits[i:i + chunk], (height, width)))
             for i in range(0, logits.shape[0], chunk)])
     elif mixer == "mixup":
         sparsity = (r * (1 - r)).mean(1)

@@ -1,7 +1,7 @@
 """``supermix show DIR``: draw samples of a generated set with their sources and masks.
 
 Masks are the normalised full-resolution masks of eq. 4, computed from the stored
-``mask_logits`` (``supermix_ext.reference.normalised_masks_ref``); the blind mixers store none.
+``mask_logits`` (``supermix.kernels.normalised_masks``); the blind mixers store none.
 The sources are read from the data set the manifest names; when it cannot be read, the rows
 show the masks and the mixed image only.
 """
@@ -21,9 +21,8 @@ __all__ = ["show", "add_parser", "run"]
 def show(root: str, out: str, num: int = 8, start: int = 0, verify: bool = True,
          data_root: str | None = None, log=None) -> Path:
     """Render samples ``start .. start+num-1`` of the generated set in ``root`` to ``out``."""
-    from supermix_ext.reference import normalised_masks_ref
-
     from ..generation import ImageSource
+    from ..kernels import normalised_masks
     from ..mixed_set import MixedDataset
     from ..viz import MixRow, render_rows, topk_lines
 
@@ -58,8 +57,7 @@ def show(root: str, out: str, num: int = 8, start: int = 0, verify: bool = True,
         sources = ds.field("sources", i)
         masks = None
         if has_masks:
-            masks = normalised_masks_ref(ds.field("mask_logits", i)[None].float(),
-                                         tuple(mixed.shape[-2:]))[0]
+            masks = normalised_masks(ds.field("mask_logits", i)[None], mixed.shape[-2:])[0]
         lines = ["target:"] + topk_lines(ds.field("y_hat", i), names, k, "  ", skip_zero=True)
         lines += [f"teacher top-{k}:"] + topk_lines(ds.field("teacher_probs", i), names, k, "  ")
         lines.append(f"iters {int(ds.field('iters', i))}, "
