@@ -57,7 +57,7 @@ from supermix.study import (PAPER_PROTOCOL, PROTOCOLS, Settings, collect,  # noq
                             execute_all, plan, write_report)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny pipeline run (a few minutes)")
     p.add_argument("--report-only", action="store_true",
@@ -95,12 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-test", type=int, default=None)
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="commands at a time (one thread each)")
-    args = p.parse_args(argv)
+    return p
 
-    from supermix.checkpoint import load_checkpoint
-    from supermix.teachers import default_teacher_path
 
-    proto = PROTOCOLS[args.protocol]
+def _settings(args, proto) -> Settings:
+    """The protocol's sizes (full or quick), each given flag replacing its value."""
     base = {"rerun_seeds": 0, **(proto.quick if args.quick else proto.full)}
     for key in ("labelled", "kappa", "epochs", "batch_size", "limit_test", "ablation_seeds",
                 "rerun_seeds"):
@@ -108,7 +107,33 @@ def main(argv: list[str] | None = None) -> int:
             base[key] = getattr(args, key)
     if args.seeds:
         base["seeds"] = [int(v) for v in args.seeds.split(",")]
-    s = Settings(jobs=max(1, args.jobs), **base)
+    return Settings(jobs=max(1, args.jobs), **base)
+
+
+def _text(path: Path | None) -> str | None:
+    return path.read_text() if path is not None and path.is_file() else None
+
+
+def _run(jobs, s: Settings, out: Path, proto) -> float | None:
+    """Run the jobs; their wall time in minutes, None when one failed (named on stderr)."""
+    t0 = time.perf_counter()
+    print(f"study ({proto.key}): {len(jobs)} commands, {s.jobs} at a time, in {out}", flush=True)
+    failures = execute_all(jobs, s.jobs)
+    total_min = (time.perf_counter() - t0) / 60
+    (out / "wall.json").write_text(json.dumps({"minutes": total_min}))
+    if failures:
+        print("replicate_fmnist: failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return None
+    return total_min
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from supermix.checkpoint import load_checkpoint
+    from supermix.teachers import default_teacher_path
+
+    proto = PROTOCOLS[args.protocol]
+    s = _settings(args, proto)
     suffix = "" if proto is PAPER_PROTOCOL else f"-{proto.key}"
     # The paper protocol's work folder names its epochs: runs of another length never mix.
     folder = ("runs/replicate-fmnist" + suffix
@@ -131,14 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs, sets, runs, reruns = plan(proto, s, out, teacher_path)
     total_min = None
     if not args.report_only:
-        t0 = time.perf_counter()
-        print(f"study ({proto.key}): {len(jobs)} commands, {s.jobs} at a time, in {out}",
-              flush=True)
-        failures = execute_all(jobs, s.jobs)
-        total_min = (time.perf_counter() - t0) / 60
-        (out / "wall.json").write_text(json.dumps({"minutes": total_min}))
-        if failures:
-            print("replicate_fmnist: failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        total_min = _run(jobs, s, out, proto)
+        if total_min is None:
             return 1
     elif (out / "wall.json").is_file():  # the last full run's wall time
         total_min = json.loads((out / "wall.json").read_text())["minutes"]
@@ -150,14 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     main_jobs = [j for j in jobs if id(j) not in rerun_jobs]
     commands = [shlex.join(j.command) for j in main_jobs if j.is_set] + \
                [shlex.join(j.command) for j in main_jobs if not j.is_set]
-    notes_path = Path(args.notes) if args.notes else (
-        None if args.quick else ROOT / "docs" / f"study-notes{suffix}.md")
-    notes = notes_path.read_text() if notes_path is not None and notes_path.is_file() else None
-    appendix_path = Path(args.appendix) if args.appendix else (
+    notes = _text(Path(args.notes) if args.notes else (
+        None if args.quick else ROOT / "docs" / f"study-notes{suffix}.md"))
+    appendix = _text(Path(args.appendix) if args.appendix else (
         ROOT / "docs" / "study-kd-mixed.md" if proto is PAPER_PROTOCOL and not args.quick
-        else None)
-    appendix = (appendix_path.read_text()
-                if appendix_path is not None and appendix_path.is_file() else None)
+        else None))
     write_report(results, plot, proto, s, res, teacher, commands, total_min, args.quick, notes,
                  appendix)
     print(f"wrote {results} and {plot}", flush=True)

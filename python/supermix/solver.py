@@ -22,7 +22,6 @@ still active; the forward of iteration t+1 is also the success check of iteratio
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field, fields
 
@@ -34,20 +33,22 @@ from supermix_ext import mix, newton_step, resolve_backend
 from supermix_ext.reference import normalised_masks_ref
 
 from .config import DEFAULT_METHOD, METHODS, SolverConfig
+from .problem import (MARGIN_GD_HINGE_WEIGHT, MARGIN_GD_MARGIN, OBJECTIVES, SolveState,
+                      default_objective, is_success, kl_to_target, margin_gd_objective,
+                      newton_sp_objective, paper_success, success_margin_hinge,
+                      total_variation, tv_objective)
+from .sampling import cyclic_sources, sample_dirichlet
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "SolverConfig", "MixResult", "SolveStats", "SolveState",
            "sample_dirichlet", "cyclic_sources", "solve", "is_success", "success_margin_hinge",
            "eval_mode", "kl_to_target", "newton_sp_objective", "tv_objective",
-           "margin_gd_objective", "default_objective", "paper_success", "OBJECTIVES"]
+           "margin_gd_objective", "default_objective", "paper_success", "OBJECTIVES",
+           "total_variation", "MARGIN_GD_HINGE_WEIGHT", "MARGIN_GD_MARGIN"]
 
 # margin_gd's fixed settings, chosen once on the shipped teacher and held fixed on every other
 # teacher, mask size and k (benchmarks/RESULTS.md):
 # the first step moves the median sample's largest mask logit by this much; the rate then stays.
 MARGIN_GD_FIRST_STEP = 4.0
-# weight and width (in log-probability) of the hinge that pushes each source class above the
-# strongest class that is not a source.
-MARGIN_GD_HINGE_WEIGHT = 1.0
-MARGIN_GD_MARGIN = 0.5
 
 
 @dataclass
@@ -133,166 +134,11 @@ class MixResult:
         }
 
 
-# -------------------------------------------------------------------------------- sampling ----
-def _standard_gamma(shape: tuple[int, ...], alpha: float, generator, device) -> torch.Tensor:
-    """Gamma(alpha, 1) samples drawn with ``generator`` (Marsaglia and Tsang, 2000).
-
-    torch's own gamma sampler takes no generator, so seeded runs could not be reproduced.
-    """
-    boost = alpha < 1.0
-    a = alpha + 1.0 if boost else alpha
-    d = a - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    out = torch.empty(shape, dtype=torch.float64, device=device)
-    todo = torch.ones(shape, dtype=torch.bool, device=device)
-    while bool(todo.any()):
-        x = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
-        u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
-        v = (1.0 + c * x) ** 3
-        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-300)))
-        take = todo & ok
-        out = torch.where(take, d * v, out)
-        todo &= ~ok
-    if boost:
-        u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
-        out = out * u.pow(1.0 / alpha)
-    return out
-
-
-def sample_dirichlet(num: int, k: int, alpha: float, generator=None, device=None) -> torch.Tensor:
-    """[num, k] float32 samples of the symmetric Dirichlet(alpha * 1_k) (paper eq. 2)."""
-    device = generator.device if generator is not None else device
-    g = _standard_gamma((num, k), float(alpha), generator, device)
-    g = g.clamp_min(1e-300)
-    return (g / g.sum(dim=1, keepdim=True)).float()
-
-
-def cyclic_sources(n: int, k: int, generator=None, device=None) -> torch.Tensor:
-    """[n, k] distinct source indices per row: k cyclic shifts of one random permutation."""
-    device = generator.device if generator is not None else device
-    perm = torch.randperm(n, generator=generator, device=device)
-    shifts = (torch.arange(n, device=device).unsqueeze(1) + torch.arange(k, device=device)) % n
-    return perm[shifts]
-
-
-# ---------------------------------------------------------------------------- success rule ----
-def is_success(probs: torch.Tensor, present: torch.Tensor, num_present: torch.Tensor, k: int) -> torch.Tensor:
-    """Termination criterion (paper sec. 3): the top-u classes are the u distinct source labels.
-
-    Args:
-        probs: [A,n] teacher probabilities; present: [A,n] bool, the set's labels;
-        num_present: [A] u = number of distinct labels (<= k); k: set size.
-    """
-    top = probs.topk(min(k, probs.shape[1]), dim=1).indices
-    hit = present.gather(1, top)
-    within_u = torch.arange(top.shape[1], device=probs.device).unsqueeze(0) < num_present.unsqueeze(1)
-    return (hit | ~within_u).all(dim=1)
-
-
-# --------------------------------------------------------------------------------- losses ----
-def total_variation(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Per-sample TV of the full-resolution masks, (1/kWH) sum |grad m|_3^3 (paper sec. 4.4)."""
-    m = normalised_masks_ref(mask_logits, size)
-    k, (H, W) = m.shape[1], size
-    dy = (m[:, :, 1:, :] - m[:, :, :-1, :]).abs().pow(3).sum(dim=(1, 2, 3))
-    dx = (m[:, :, :, 1:] - m[:, :, :, :-1]).abs().pow(3).sum(dim=(1, 2, 3))
-    return (dx + dy) / (k * H * W)
-
-
-def success_margin_hinge(log_probs: torch.Tensor, present: torch.Tensor, margin: float) -> torch.Tensor:
-    """[A] sum over the set's labels c of relu(max_{j not in set} log p_j - log p_c + margin).
-
-    Zero exactly when every source class leads every other class by ``margin`` in
-    log-probability, which implies the success rule; its gradient lifts only the sources that
-    are still behind. Args: log_probs [A,n], present [A,n] bool.
-    """
-    strongest_other = log_probs.masked_fill(present, -math.inf).amax(dim=1, keepdim=True)
-    behind = F.relu(strongest_other - log_probs + margin)
-    return (behind * present).sum(dim=1)
-
-
 def _margin_gd_rate(grad: torch.Tensor, going: torch.Tensor) -> float:
     """The learning rate that moves the median stepping sample's largest logit by
     ``MARGIN_GD_FIRST_STEP``: it follows the teacher's gradient scale, so no rate is tuned."""
     largest = grad[going].flatten(1).abs().amax(dim=1)
     return MARGIN_GD_FIRST_STEP / max(float(largest.median()), 1e-12)
-
-
-# ----------------------------------------------------------------------- plug-in state ----
-@dataclass
-class SolveState:
-    """What an objective or a success rule sees at one iteration: the A samples still active.
-
-    Attributes:
-        iteration: t, the number of steps taken so far (0 at the uniform start).
-        config: the solver's settings.
-        mask_logits: [A,k,h,w] the mask logits, requiring grad (the objective's variable).
-        mixed: [A,C,H,W] the mixed images (eq. 1), differentiable in ``mask_logits``.
-        sparsity: [A] L_s of the masks (eq. 5), differentiable.
-        log_probs: [A,n] the teacher's log-softmax on ``mixed``, differentiable.
-        probs: [A,n] the teacher's softmax on ``mixed``, detached.
-        targets: [A,n] y_hat = sum_i r_i onehot(y_i) (eq. 3).
-        present: [A,n] bool, the sources' classes; num_present: [A] how many distinct.
-        source_labels: [A,k] the teacher's labels of the sources; weights: [A,k] r.
-        rows: [A] int64, the batch rows these samples are.
-        image_size: (H, W).
-    """
-
-    iteration: int
-    config: SolverConfig
-    mask_logits: torch.Tensor
-    mixed: torch.Tensor
-    sparsity: torch.Tensor
-    log_probs: torch.Tensor
-    probs: torch.Tensor
-    targets: torch.Tensor
-    present: torch.Tensor
-    num_present: torch.Tensor
-    source_labels: torch.Tensor
-    weights: torch.Tensor
-    rows: torch.Tensor
-    image_size: tuple[int, int]
-
-
-def kl_to_target(state: SolveState) -> torch.Tensor:
-    """[A] KL(y_hat || teacher(mixed)), the data term of eq. 6/7."""
-    return F.kl_div(state.log_probs, state.targets, reduction="none").sum(dim=1)
-
-
-def newton_sp_objective(state: SolveState) -> torch.Tensor:
-    """[A] L'_SM = KL + lambda_s L_s (eq. 7's loss; the paper's newton_sp)."""
-    return kl_to_target(state) + state.config.lambda_s * state.sparsity
-
-
-def tv_objective(state: SolveState) -> torch.Tensor:
-    """[A] L_SM = KL + lambda_s L_s + lambda_tv TV (eq. 6's loss; the newton and sgd
-    baselines of Table 4)."""
-    return newton_sp_objective(state) + state.config.lambda_tv * total_variation(
-        state.mask_logits, state.image_size)
-
-
-def margin_gd_objective(state: SolveState) -> torch.Tensor:
-    """[A] KL + lambda_s L_s + the success-margin hinge (margin_gd, docs/SOLVER.md)."""
-    return newton_sp_objective(state) + MARGIN_GD_HINGE_WEIGHT * success_margin_hinge(
-        state.log_probs, state.present, MARGIN_GD_MARGIN)
-
-
-# Each method's own loss: what it descends when no objective is given.
-OBJECTIVES = {"margin_gd": margin_gd_objective, "newton_sp": newton_sp_objective,
-              "newton": tv_objective, "sgd": tv_objective}
-
-
-def default_objective(method: str):
-    """The loss ``method`` descends by default (``OBJECTIVES[method]``)."""
-    if method not in OBJECTIVES:
-        raise ValueError(f"solve: method must be one of {METHODS}, got {method!r}")
-    return OBJECTIVES[method]
-
-
-def paper_success(state: SolveState) -> torch.Tensor:
-    """[A] bool, the paper's termination criterion (sec. 3): the teacher's top-u classes on the
-    mixed image are the sources' u distinct classes."""
-    return is_success(state.probs, state.present, state.num_present, state.config.k)
 
 
 # --------------------------------------------------------------------------------- checks ----

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +18,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["MixRow", "render_rows", "topk_lines", "to_numpy_image", "rows_from_result"]
+from .config import SolverConfig
+
+__all__ = ["MixRow", "render_rows", "topk_lines", "to_numpy_image", "rows_from_result",
+           "run_demo", "draw_mixed_set", "DEMO_DATA"]
+
+# The demo's images: the Fashion-MNIST test split, which the shipped teacher was trained for.
+DEMO_DATA = "fashion-mnist"
 
 
 @dataclass
@@ -164,3 +172,190 @@ def _show(ax, image: torch.Tensor) -> None:
     array = to_numpy_image(image)
     ax.imshow(array, cmap="gray" if array.ndim == 2 else None, vmin=0.0, vmax=1.0,
               interpolation="nearest")
+
+
+# ------------------------------------------------------------------------- demo, show ---
+def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_size: int = 64,
+             rows: int = 3, k: int = SolverConfig.k, seed: int = 0,
+             max_iters: int = SolverConfig.max_iters,
+             device: str | None = None, backend: str | None = None,
+             mixers: tuple[str, ...] | None = None,
+             print_fn=print) -> dict:
+    """Mix one batch with each mixer, print the figures and write the grid; returns the figures.
+
+    Returns:
+        ``{"backend": str, "device": str, "out": path, "mixers": {name: {"mean_iters",
+        "success_rate", "images_per_s", "seconds"}}}``.
+    """
+    from . import data as sdata
+    from .errors import UsageError
+    from .kernels import resolve_backend
+    from .runtime import resolve_device
+    from .teachers import load_teacher_for, locate_teacher
+
+    if mixers is None:
+        from .mixers import mixer_names
+        mixers = mixer_names()
+    if batch_size < k:
+        raise UsageError(f"--batch-size: expected >= k={k}, got {batch_size}")
+    if rows < 1 or rows > batch_size:
+        raise UsageError(f"--rows: expected 1..{batch_size}, got {rows}")
+    dev = resolve_device(device)
+    teacher_path = locate_teacher(teacher)
+    model, as_cifar, mean, std = load_teacher_for(teacher_path, DEMO_DATA, None, dev)
+    try:
+        used_backend = resolve_backend(dev, backend)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"--backend: {e}") from e
+
+    pixels_all, _ = sdata.load_tensors(DEMO_DATA, train=False, as_cifar=as_cifar, normalize=False)
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(pixels_all.shape[0], generator=generator)[:batch_size]
+    pixels = pixels_all[index]
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    x = ((pixels - mean_t) / std_t).to(dev)
+
+    def to_pixels(t: torch.Tensor) -> torch.Tensor:
+        return (t.float().cpu() * std_t + mean_t).clamp(0, 1)
+
+    names = sdata.class_names(DEMO_DATA)
+    figures, results = _time_mixers(x, model, mixers, k, max_iters, seed, backend)
+    path = _draw_demo(results, pixels, names, rows, out, k, to_pixels,
+                      model.supermix_config.get("arch", "?"))
+    _print_demo(print_fn, figures, teacher_path, model, batch_size, k, max_iters, dev,
+                used_backend, path)
+    return {"backend": used_backend, "device": str(dev), "out": str(path), "mixers": figures}
+
+
+def _time_mixers(x: torch.Tensor, model, mixers, k: int, max_iters: int, seed: int,
+                 backend: str | None) -> tuple[dict, dict]:
+    """Each mixer mixes the batch x once from the same seed: ``(figures, results)`` by name."""
+    from .generation import blind_success, make_mixer
+    from .generation.settings import DEFAULTS as GENERATE_DEFAULTS
+    from .mixers import MIXERS
+
+    dev = x.device
+    batch_size = x.shape[0]
+    with torch.no_grad():  # warm-up: one-time kernel and allocator set-up is not the mixers' cost
+        model(x)
+    # generate's defaults (the paper's CIFAR settings, the default solver), with the demo's k.
+    settings = dict(GENERATE_DEFAULTS, k=k, max_iters=max_iters)
+    figures: dict[str, dict] = {}
+    results = {}
+    for name in mixers:
+        mixer = make_mixer(dict(settings, mixer=name), model, backend)
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        result = mixer.mix_batch(x, gen)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = time.perf_counter() - start
+        success = result.success if MIXERS[name].solves else blind_success(result, k)
+        figures[name] = {
+            "mean_iters": float(result.iters.float().mean()),
+            "success_rate": float(success.float().mean()),
+            "images_per_s": batch_size / seconds,
+            "seconds": seconds,
+        }
+        results[name] = result
+    return figures, results
+
+
+def _draw_demo(results: dict, pixels: torch.Tensor, names, rows: int, out, k: int, to_pixels,
+               arch: str) -> Path:
+    """The demo's grid: ``rows`` source sets, the same for every mixer."""
+    from .mixers import MIXERS
+
+    batch_size = pixels.shape[0]
+    # Every mixer drew the same source sets (same seed, same order of draws), so the rows show
+    # the same sets for each: the first ones SuperMix solved, then unsolved ones if too few.
+    order = torch.arange(batch_size)
+    solved = [name for name in results if MIXERS[name].solves]
+    if solved:
+        ok = results[solved[0]].success.cpu()
+        order = torch.cat([order[ok], order[~ok]])
+    picked = order[:rows].tolist()
+    grid_rows = []
+    for name, result in results.items():
+        grid_rows += rows_from_result(MIXERS[name].name, result, pixels, names, picked,
+                                      to_pixels=to_pixels)
+    return render_rows(grid_rows, out, title=f"SuperMix vs MixUp vs CutMix, k={k}, teacher "
+                                             f"{arch} on Fashion-MNIST test images (same "
+                                             f"source sets per mixer)")
+
+
+def _print_demo(print_fn, figures: dict, teacher_path: Path, model, batch_size: int, k: int,
+                max_iters: int, dev: torch.device, used_backend: str, path: Path) -> None:
+    from .kernels import backend_info
+    from .mixers import MIXERS
+
+    info = backend_info()
+    print_fn(f"supermix demo: teacher {teacher_path.name} "
+             f"({model.supermix_config.get('arch', '?')}), {batch_size} Fashion-MNIST test "
+             f"images, k={k}, max_iters={max_iters}, device {dev}"
+             + (f" ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+                if dev.type == "cpu" else "")
+             + f", backend {used_backend}"
+             + (f" ({info['library']})" if used_backend == "cpp" and info.get("library") else ""))
+    print_fn(f"{'mixer':<10}{'mean iters':>12}{'success':>10}{'images/s':>11}")
+    for name, f in figures.items():
+        print_fn(f"{MIXERS[name].name:<10}{f['mean_iters']:>12.2f}{f['success_rate']:>10.1%}"
+                 f"{f['images_per_s']:>11.1f}")
+    print_fn("success: the teacher's top-u classes are the sources' u classes (paper sec. 3)")
+    print_fn(f"wrote {path}")
+
+
+def draw_mixed_set(root: str, out: str, num: int = 8, start: int = 0, verify: bool = True,
+         data_root: str | None = None, log=None) -> Path:
+    """Render samples ``start .. start+num-1`` of the generated set in ``root`` to ``out``."""
+    from .errors import UsageError
+    from .generation import ImageSource
+    from .kernels import normalised_masks
+    from .mixed_set import MixedDataset
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if num < 1:
+        raise UsageError(f"--num: expected an integer >= 1, got {num}")
+    ds = MixedDataset(root, verify=verify, allow_incomplete=True)
+    if start < 0 or start >= len(ds):
+        raise UsageError(f"--start: expected 0..{len(ds) - 1}, got {start}")
+    stop = min(len(ds), start + num)
+    names = ds.class_names
+    meta = ds.manifest["data"]
+    k = int(ds.manifest["config"]["k"])
+    image_shape = tuple(ds.manifest["config"]["image_shape"])
+    source = None
+    try:
+        spec = meta["spec"] if data_root is None else meta["given"]
+        source = ImageSource(spec, data_root, meta["split"] == "train", bool(meta["as_cifar"]),
+                              meta["mean"], meta["std"], torch.device("cpu"),
+                              image_size=int(image_shape[-1]))
+        # Other data under --data-root than the set was mixed from: its sources would mislead.
+        if tuple(source.shape) != image_shape:
+            raise UsageError(f"--data-root: the set was mixed from {image_shape} images, the "
+                             f"data's are {tuple(source.shape)}")
+    except UsageError as e:
+        source = None
+        log(f"supermix show: sources not drawn: {e}")
+    has_masks = ds.has_field("mask_logits")
+    rows = []
+    for i in range(start, stop):
+        mixed = ds.image(i)
+        sources = ds.field("sources", i)
+        masks = None
+        if has_masks:
+            masks = normalised_masks(ds.field("mask_logits", i)[None], mixed.shape[-2:])[0]
+        lines = ["target:"] + topk_lines(ds.field("y_hat", i), names, k, "  ", skip_zero=True)
+        lines += [f"teacher top-{k}:"] + topk_lines(ds.field("teacher_probs", i), names, k, "  ")
+        lines.append(f"iters {int(ds.field('iters', i))}, "
+                     f"{'success' if bool(ds.field('success', i)) else 'FAILED'}")
+        rows.append(MixRow(
+            group=f"#{i}", mixed=mixed,
+            sources=list(source.pixels(sources)) if source is not None else None,
+            masks=list(masks) if masks is not None else None, lines=lines,
+            source_titles=[f"data[{int(s)}]" for s in sources]))
+    mixer = ds.manifest["config"]["mixer"]
+    return render_rows(rows, out, title=f"{root}: {mixer}, samples {start}..{stop - 1} of {len(ds)}")

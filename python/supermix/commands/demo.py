@@ -10,122 +10,16 @@ top-k classes with probabilities).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from .. import args as sargs
-from .. import data as sdata
-from ..config import SolverConfig
 from ..errors import UsageError
-from ..generation.settings import DEFAULTS as GENERATE_DEFAULTS
 from ..kernels import BACKENDS
-from ..mixers import MIXERS, mixer_names
-from ..teachers import load_teacher_for, locate_teacher
+from ..viz import run_demo
 
 __all__ = ["run_demo", "add_parser", "run"]
 
-DEMO_DATA = "fashion-mnist"
-MIXER_TITLES = {key: MIXERS[key].name for key in mixer_names()}
-
-
-def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_size: int = 64,
-             rows: int = 3, k: int = SolverConfig.k, seed: int = 0,
-             max_iters: int = SolverConfig.max_iters,
-             device: str | None = None, backend: str | None = None,
-             mixers: tuple[str, ...] = mixer_names(),
-             print_fn=print) -> dict:
-    """Mix one batch with each mixer, print the figures and write the grid; returns the figures.
-
-    Returns:
-        ``{"backend": str, "device": str, "out": path, "mixers": {name: {"mean_iters",
-        "success_rate", "images_per_s", "seconds"}}}``.
-    """
-    from ..kernels import backend_info, resolve_backend
-
-    from ..generation import blind_success, make_mixer
-    from ..runtime import resolve_device
-    from ..viz import render_rows, rows_from_result
-
-    if batch_size < k:
-        raise UsageError(f"--batch-size: expected >= k={k}, got {batch_size}")
-    if rows < 1 or rows > batch_size:
-        raise UsageError(f"--rows: expected 1..{batch_size}, got {rows}")
-    dev = resolve_device(device)
-    teacher_path = locate_teacher(teacher)
-    model, as_cifar, mean, std = load_teacher_for(teacher_path, DEMO_DATA, None, dev)
-    try:
-        used_backend = resolve_backend(dev, backend)
-    except (ValueError, RuntimeError) as e:
-        raise UsageError(f"--backend: {e}") from e
-
-    pixels_all, _ = sdata.load_tensors(DEMO_DATA, train=False, as_cifar=as_cifar, normalize=False)
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(pixels_all.shape[0], generator=generator)[:batch_size]
-    pixels = pixels_all[index]
-    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
-    std_t = torch.tensor(std).view(1, -1, 1, 1)
-    x = ((pixels - mean_t) / std_t).to(dev)
-
-    def to_pixels(t: torch.Tensor) -> torch.Tensor:
-        return (t.float().cpu() * std_t + mean_t).clamp(0, 1)
-
-    names = sdata.class_names(DEMO_DATA)
-    with torch.no_grad():  # warm-up: one-time kernel and allocator set-up is not the mixers' cost
-        model(x)
-    # generate's defaults (the paper's CIFAR settings, the default solver), with the demo's k.
-    settings = dict(GENERATE_DEFAULTS, k=k, max_iters=max_iters)
-    figures: dict[str, dict] = {}
-    results = {}
-    for name in mixers:
-        mixer = make_mixer(dict(settings, mixer=name), model, backend)
-        gen = torch.Generator(device=dev).manual_seed(seed)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        result = mixer.mix_batch(x, gen)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        seconds = time.perf_counter() - start
-        success = result.success if MIXERS[name].solves else blind_success(result, k)
-        figures[name] = {
-            "mean_iters": float(result.iters.float().mean()),
-            "success_rate": float(success.float().mean()),
-            "images_per_s": batch_size / seconds,
-            "seconds": seconds,
-        }
-        results[name] = result
-    # Every mixer drew the same source sets (same seed, same order of draws), so the rows show
-    # the same sets for each: the first ones SuperMix solved, then unsolved ones if too few.
-    order = torch.arange(batch_size)
-    solved = [name for name in results if MIXERS[name].solves]
-    if solved:
-        ok = results[solved[0]].success.cpu()
-        order = torch.cat([order[ok], order[~ok]])
-    picked = order[:rows].tolist()
-    grid_rows = []
-    for name, result in results.items():
-        grid_rows += rows_from_result(MIXER_TITLES[name], result, pixels, names, picked,
-                                      to_pixels=to_pixels)
-    path = render_rows(grid_rows, out, title=f"SuperMix vs MixUp vs CutMix, k={k}, teacher "
-                                             f"{model.supermix_config.get('arch', '?')} on "
-                                             f"Fashion-MNIST test images (same source sets "
-                                             f"per mixer)")
-    info = backend_info()
-    print_fn(f"supermix demo: teacher {teacher_path.name} "
-             f"({model.supermix_config.get('arch', '?')}), {batch_size} Fashion-MNIST test "
-             f"images, k={k}, max_iters={max_iters}, device {dev}"
-             + (f" ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
-                if dev.type == "cpu" else "")
-             + f", backend {used_backend}"
-             + (f" ({info['library']})" if used_backend == "cpp" and info.get("library") else ""))
-    print_fn(f"{'mixer':<10}{'mean iters':>12}{'success':>10}{'images/s':>11}")
-    for name, f in figures.items():
-        print_fn(f"{MIXER_TITLES[name]:<10}{f['mean_iters']:>12.2f}{f['success_rate']:>10.1%}"
-                 f"{f['images_per_s']:>11.1f}")
-    print_fn("success: the teacher's top-u classes are the sources' u classes (paper sec. 3)")
-    print_fn(f"wrote {path}")
-    return {"backend": used_backend, "device": str(dev), "out": str(path), "mixers": figures}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

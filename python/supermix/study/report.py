@@ -163,14 +163,9 @@ def _rerun_section(res: Results) -> list[str]:
     return L + [""]
 
 
-def write_report(path: Path, plot: Path, proto: Protocol, s: Settings, res: Results,
-                 teacher: dict, commands: list[str], total_min: float | None, quick: bool,
-                 notes: str | None = None, appendix: str | None = None) -> None:
-    main = [m for m in proto.main if m.key in res.top1]
-    main_rows, abl_rows = contrast_rows(proto, res)
+def _intro(proto: Protocol, s: Settings, teacher: dict, quick: bool, interim: bool) -> list[str]:
+    """The title and the paragraph that says what ran."""
     flag = "" if proto is PAPER_PROTOCOL else f" --protocol {proto.key}"
-    interim = (not quick and bool(main_rows)
-               and main_rows[0].interval.n < len(proto.full["seeds"]))
     L = [f"# Does SuperMix beat blind mixing? Fashion-MNIST distillation study, {proto.title}"
          + (" (--quick pipeline run)" if quick else " (interim)" if interim else ""), ""]
     L += ["Produced by `python scripts/replicate_fmnist.py" + flag + (" --quick" if quick else "")
@@ -185,6 +180,69 @@ def write_report(path: Path, plot: Path, proto: Protocol, s: Settings, res: Resu
           f"top-1 on {'the first ' + str(s.limit_test) if s.limit_test else 'all 10000'} test "
           "images after the last epoch. Intervals are 95% t intervals over seeds (mean ± "
           "half-width). " + proto.objective, ""]
+    return L
+
+
+def _sets_section(proto: Protocol, res: Results) -> list[str]:
+    """The measures of each kind of mixed set, mean over its seeds."""
+    L = ["## Mixed sets", "",
+          "Per kind of set, mean over its seeds. Accuracy: the KD + set run.", ""]
+    head = ["set", "seeds", "KD + set top-1 %", "criterion met", "mean iterations"]
+    head += [title for _, title, _ in SET_MEASURES] + ["minutes / set"]
+    L += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind in proto.set_kinds:
+        per_seed = res.sets.get(kind.key)
+        if not per_seed:
+            continue
+        def avg(key):  # noqa: E306
+            return sum(v[key] for v in per_seed.values()) / len(per_seed)
+        method = next((m for m in proto.methods
+                       if m.set_key == kind.key and m.command == "distill"), None)
+        acc = (_pts(mean_interval(list(res.top1[method.key].values())))
+               if method and method.key in res.top1 else "")
+        row = [kind.title, str(len(per_seed)), acc, f"{100 * avg('success'):.1f}%",
+               f"{avg('mean_iters'):.2f}", f"{100 * avg('zero_iters'):.1f}%",
+               f"{avg('mask_sparsity'):.3f}", f"{avg('kl_to_target'):.3f}",
+               f"{avg('top5_entropy'):.3f}", f"{avg('minutes'):.1f}"]
+        L.append("| " + " | ".join(row) + " |")
+    L += [""] + [f"- {title}: {how}." for _, title, how in SET_MEASURES]
+    L += ["- criterion met: the fraction of drawn samples that met the termination criterion "
+          "(the teacher's top k classes are the k sources' classes); MixUp and CutMix only "
+          "record it, SuperMix drops the samples that miss it and draws more, so its measures "
+          "are over successful samples only.", ""]
+    return L
+
+
+def _setup_section(proto: Protocol, s: Settings, commands: list[str],
+                   total_min: float | None, quick: bool) -> list[str]:
+    """The machine, the seeds, the training settings and every command."""
+    return ["## Setup", "",
+          f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {s.jobs} commands at a "
+          f"time with 1 thread each; torch {torch.__version__}; "
+          f"{time.strftime('%Y-%m-%d')} (report written).",
+          (f"- Wall time of the study: {total_min:.0f} min." if total_min else
+           "- Wall time: see the minutes per run and per set."),
+          f"- Seeds: {', '.join(str(v) for v in s.seeds)}; the other arms on the first "
+          f"{s.ablation_seeds}; reruns of the first {s.rerun_seeds}.",
+          f"- Every run does {s.epochs} epochs of the labelled images at batch {s.batch_size} "
+          "(with a mixed set, distill's epochs scale by 1/kappa and each step also takes a "
+          "batch of mixed images; train's epochs are over the union, scaled to the same step "
+          "count). SGD momentum 0.9, weight decay 5e-4, lr 0.1 decayed by 0.1 at 1/3, 1/2, 2/3 "
+          "and 5/6 of the run (the paper's 200/300/400/500 of 600).",
+          "- " + proto.objective, "", "## Commands", "",
+          "Run from the repository root (`supermix` is the installed command); the sets, then "
+          "the runs.", "", "```", *commands, "```", "",
+          "![study](replication.png)" if not quick else "", ""]
+
+
+def write_report(path: Path, plot: Path, proto: Protocol, s: Settings, res: Results,
+                 teacher: dict, commands: list[str], total_min: float | None, quick: bool,
+                 notes: str | None = None, appendix: str | None = None) -> None:
+    main = [m for m in proto.main if m.key in res.top1]
+    main_rows, abl_rows = contrast_rows(proto, res)
+    interim = (not quick and bool(main_rows)
+               and main_rows[0].interval.n < len(proto.full["seeds"]))
+    L = _intro(proto, s, teacher, quick, interim)
     if proto.reading_rule:
         L += ["## The reading, fixed before the run", "", proto.reading_rule, ""]
     L += ["## Answer", ""]
@@ -219,49 +277,9 @@ def write_report(path: Path, plot: Path, proto: Protocol, s: Settings, res: Resu
               proto.ablation_heading.format(n=s.ablation_seeds), "",
               *_method_table(extra, res, True), "", *_contrast_table(abl_rows)]
     L += [""] + _drift_section(proto, res, main_rows)
-    L += ["## Mixed sets", "",
-          "Per kind of set, mean over its seeds. Accuracy: the KD + set run.", ""]
-    head = ["set", "seeds", "KD + set top-1 %", "criterion met", "mean iterations"]
-    head += [title for _, title, _ in SET_MEASURES] + ["minutes / set"]
-    L += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for kind in proto.set_kinds:
-        per_seed = res.sets.get(kind.key)
-        if not per_seed:
-            continue
-        def avg(key):  # noqa: E306
-            return sum(v[key] for v in per_seed.values()) / len(per_seed)
-        method = next((m for m in proto.methods
-                       if m.set_key == kind.key and m.command == "distill"), None)
-        acc = (_pts(mean_interval(list(res.top1[method.key].values())))
-               if method and method.key in res.top1 else "")
-        row = [kind.title, str(len(per_seed)), acc, f"{100 * avg('success'):.1f}%",
-               f"{avg('mean_iters'):.2f}", f"{100 * avg('zero_iters'):.1f}%",
-               f"{avg('mask_sparsity'):.3f}", f"{avg('kl_to_target'):.3f}",
-               f"{avg('top5_entropy'):.3f}", f"{avg('minutes'):.1f}"]
-        L.append("| " + " | ".join(row) + " |")
-    L += [""] + [f"- {title}: {how}." for _, title, how in SET_MEASURES]
-    L += ["- criterion met: the fraction of drawn samples that met the termination criterion "
-          "(the teacher's top k classes are the k sources' classes); MixUp and CutMix only "
-          "record it, SuperMix drops the samples that miss it and draws more, so its measures "
-          "are over successful samples only.", ""]
+    L += _sets_section(proto, res)
     L += _rerun_section(res)
-    L += ["## Setup", "",
-          f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {s.jobs} commands at a "
-          f"time with 1 thread each; torch {torch.__version__}; "
-          f"{time.strftime('%Y-%m-%d')} (report written).",
-          (f"- Wall time of the study: {total_min:.0f} min." if total_min else
-           "- Wall time: see the minutes per run and per set."),
-          f"- Seeds: {', '.join(str(v) for v in s.seeds)}; the other arms on the first "
-          f"{s.ablation_seeds}; reruns of the first {s.rerun_seeds}.",
-          f"- Every run does {s.epochs} epochs of the labelled images at batch {s.batch_size} "
-          "(with a mixed set, distill's epochs scale by 1/kappa and each step also takes a "
-          "batch of mixed images; train's epochs are over the union, scaled to the same step "
-          "count). SGD momentum 0.9, weight decay 5e-4, lr 0.1 decayed by 0.1 at 1/3, 1/2, 2/3 "
-          "and 5/6 of the run (the paper's 200/300/400/500 of 600).",
-          "- " + proto.objective, "", "## Commands", "",
-          "Run from the repository root (`supermix` is the installed command); the sets, then "
-          "the runs.", "", "```", *commands, "```", "",
-          "![study](replication.png)" if not quick else "", ""]
+    L += _setup_section(proto, s, commands, total_min, quick)
     if appendix:
         L += [appendix.strip(), ""]
     path.parent.mkdir(parents=True, exist_ok=True)
