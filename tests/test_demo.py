@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from supermix import cli
+from supermix.commands import cli
 from supermix.commands.demo import run_demo
 from supermix.teachers import default_teacher_path
 from supermix.viz import MixRow, render_rows, topk_lines

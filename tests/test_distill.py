@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from supermix import training as tr
-from supermix.args import add_schedule_arguments
+from supermix.commands.args import add_schedule_arguments
 from supermix.runtime import make_generator
 from supermix.training.objectives import (DistillWeights, ce_loss, ce_to_teacher_top1,
                                           distill_objective, kd_loss)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from supermix import cli
+from supermix.commands import cli
 from supermix import generation as gen
 from supermix.checkpoint import save_checkpoint, sha256_file
 from supermix.errors import UsageError

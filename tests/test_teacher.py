@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from supermix import cli, data
+from supermix import data
+from supermix.commands import cli
 from supermix.checkpoint import load_checkpoint
 from supermix.teachers import default_teacher_path, load_teacher
 

@@ -227,7 +227,7 @@ def test_the_toolkit_examples_run():
 
 # ------------------------------------------------------------------- the commands' flags ----
 def _parser(command):
-    from supermix import cli
+    from supermix.commands import cli
 
     return cli.build_parser()._subparsers._group_actions[0].choices[command]
 
@@ -272,12 +272,18 @@ def test_every_commands_solver_flags_come_from_the_config(command):
     (dict(max_iters=3, min_iters=4), "--min-iters: expected an int in [0, max_iters=3], got 4"),
 ])
 def test_solver_config_names_the_flag(values, message):
-    from supermix.args import solver_config
+    """The library names the setting; the command line reports it under the flag."""
+    from supermix.commands.args import solver_config
+    from supermix.commands.cli import usage_message
+    from supermix.config import SettingError
     from supermix.errors import UsageError
 
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(SettingError) as info:
         solver_config(values)
-    assert str(info.value) == message
+    assert isinstance(info.value, UsageError) and isinstance(info.value, ValueError)
+    name = message.split(":")[0][2:].replace("-", "_")
+    assert info.value.setting == name and str(info.value).startswith(f"solve: {name} must be ")
+    assert usage_message(info.value) == message
     # Unset values are the config's; set ones replace them.
     assert solver_config(dict(k=None, lambda_s=3.0)) == SolverConfig(lambda_s=3.0)
 
@@ -292,7 +298,7 @@ def test_solver_config_names_the_flag(values, message):
      "--max-iters: expected an int >= 0, got -1"),
 ])
 def test_the_commands_refuse_a_bad_solver_value_in_one_line(tmp_path, capsys, argv, message):
-    from supermix import cli
+    from supermix.commands import cli
 
     status = cli.main([*argv, "--out", str(tmp_path / "out"), "--device", "cpu"])
     err = capsys.readouterr().err

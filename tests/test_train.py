@@ -33,7 +33,7 @@ def test_soft_cross_entropy_hand_values():
 
 def test_mixed_label_default_describes_the_image():
     """Like the mixers' labels, a mixed image is labelled by what the teacher sees in it."""
-    from supermix.cli import build_parser
+    from supermix.commands.cli import build_parser
 
     args = build_parser().parse_args(["train", "--mixed", "somewhere"])
     assert args.mixed_label == "teacher_probs"

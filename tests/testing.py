@@ -71,7 +71,7 @@ def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 300
 
 def run_main(args: list[str]) -> int:
     """``supermix ARGS`` in this process (data sets stay cached between calls)."""
-    from supermix.cli import main
+    from supermix.commands.cli import main
 
     return main(args)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import UsageError
+
 __all__ = ["METHODS", "DEFAULT_METHOD", "SolverConfig", "SOLVER_FIELDS", "SettingError",
            "COMMAND_LINE_SETTINGS", "setting_help"]
 
@@ -21,9 +23,10 @@ METHODS = ("margin_gd", "newton_sp", "newton", "sgd")
 DEFAULT_METHOD = "margin_gd"
 
 
-class SettingError(ValueError):
-    """A solver setting out of range. ``setting`` names the field, ``expected`` says what it
-    takes and ``got`` is the value; a command turns the three into a message naming its flag."""
+class SettingError(UsageError):
+    """A solver setting out of range (a ``ValueError``). ``setting`` names the field,
+    ``expected`` says what it takes and ``got`` is the value; the command line reports the
+    three under the setting's flag (``--lambda-s: expected ..., got ...``)."""
 
     def __init__(self, setting: str, expected: str, got):
         self.setting, self.expected, self.got = setting, expected, got
@@ -31,7 +34,7 @@ class SettingError(ValueError):
 
 
 def _setting(default, help: str, command_line: bool = True):
-    # The help text is the one every command's flag shows (supermix.args.add_solver_arguments).
+    # The help text is the one every command's flag shows (supermix.commands.args.add_solver_arguments).
     return field(default=default, metadata={"help": help, "command_line": command_line})
 
 

@@ -1,6 +1,6 @@
 """Exceptions that mean "the caller asked for something wrong", not "the program is broken".
 
-``supermix.cli.main`` catches :class:`UsageError` (and so its subclasses) and prints one line,
+``supermix.commands.cli.main`` catches :class:`UsageError` (and so its subclasses) and prints one line,
 ``supermix: error: <message>``, exiting with status 2 like argparse does, instead of a traceback.
 Messages name the argument, what was expected and what was got.
 """

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from .. import args as sargs
+from . import args as sargs
 from ..errors import UsageError
 from ..kernels import BACKENDS
 from ..viz import run_demo

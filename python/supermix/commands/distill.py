@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from .. import args as sargs
+from . import args as sargs
 from ..errors import UsageError
 from ..runtime import DistInfo, make_generator, memory_format
 from ..config import SolverConfig

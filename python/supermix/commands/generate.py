@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .. import args as sargs
+from . import args as sargs
 from ..generation import (DEFAULTS, MIXER_NAMES, SOLVER_PRESETS, SPLIT_NAMES, STORE_NAMES,
                           GenerateSettings, generate_set, limit_arg)
 from ..kernels import BACKENDS

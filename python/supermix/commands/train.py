@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import args as sargs
+from . import args as sargs
 from .. import training as tr
 from ..errors import UsageError
 from ..runtime import DistInfo, make_generator, memory_format

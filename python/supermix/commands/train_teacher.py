@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import args as sargs
+from . import args as sargs
 from .. import training as tr
 from ..checkpoint import atomic_write_text, save_checkpoint
 from ..runtime import DistInfo, memory_format

@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..args import solver_config
 from ..config import COMMAND_LINE_SETTINGS, SolverConfig
 from ..errors import UsageError
 from ..mixers import MIXERS, mixer_names, mixer_solves
@@ -171,7 +170,7 @@ def check_settings(s: dict) -> None:
     need(isinstance(s["size"], int) and s["size"] > 0, "size", "an integer > 0")
     # The solver's settings are SolverConfig's to check (one place for solve, the mixers and
     # every command); the grid's lower bound is checked here, before the images are known.
-    solver_config({name: s[name] for name in COMMAND_LINE_SETTINGS})
+    SolverConfig().replace(**{name: s[name] for name in COMMAND_LINE_SETTINGS})
     need(isinstance(s["mask_size"], int) and s["mask_size"] >= 1, "mask_size", "an integer >= 1")
     # The blind mixers take no solver steps, so a step count for them is a mistake.
     blind = ", ".join(name for name in MIXER_NAMES if not MIXERS[name].solves)

@@ -16,18 +16,19 @@ import importlib
 import shlex
 import sys
 
-from .errors import UsageError
+from ..config import SettingError
+from ..errors import UsageError
 
-__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "build_parser", "main", "usage_message"]
 
-# Subcommand modules, in the order ``supermix --help`` lists them (modules of package supermix).
+# Subcommand modules, in the order ``supermix --help`` lists them (modules of this package).
 COMMAND_MODULES: list[str] = [
-    "commands.train_teacher",   # supermix train-teacher
-    "commands.distill",         # supermix distill
-    "commands.train",           # supermix train
-    "commands.demo",            # supermix demo
-    "commands.generate",        # supermix generate
-    "commands.show",            # supermix show
+    "train_teacher",   # supermix train-teacher
+    "distill",         # supermix distill
+    "train",           # supermix train
+    "demo",            # supermix demo
+    "generate",        # supermix generate
+    "show",            # supermix show
 ]
 
 PROG = "supermix"
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="SuperMix: supervised mixing augmentation (Dabouei et al., CVPR 2021).")
     try:
-        from . import __version__
+        from .. import __version__
         parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     except ImportError:
         pass
@@ -56,7 +57,7 @@ def _one_line(e: BaseException) -> str:
 def _os_error(e: OSError) -> str:
     """``cannot write PATH: reason`` (:class:`supermix.checkpoint.WriteError`) or
     ``reason: PATH`` for any other OSError."""
-    from .checkpoint import WriteError
+    from ..checkpoint import WriteError
 
     if isinstance(e, WriteError) or not e.filename:
         return _one_line(e)
@@ -72,6 +73,15 @@ def _report(message: str) -> None:
     sys.stderr.flush()
 
 
+def usage_message(error: UsageError) -> str:
+    """The line a usage error prints: a solver setting's under its flag (the library names the
+    setting, ``lambda_s``; the command line the flag, ``--lambda-s``), any other as it is."""
+    if isinstance(error, SettingError):
+        flag = "--" + error.setting.replace("_", "-")
+        return f"{flag}: expected {error.expected}, got {error.got!r}"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the chosen command, return its status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -81,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = args.func(args)
     except UsageError as e:
-        _report(f"{PROG}: error: {e}")
+        _report(f"{PROG}: error: {usage_message(e)}")
         return 2
     except FloatingPointError as e:  # a NaN/inf teacher or solver state: nothing was written
         _report(f"{PROG}: error: {_one_line(e)}")

@@ -9,10 +9,9 @@ import argparse
 import math
 from dataclasses import fields
 
-from .config import COMMAND_LINE_SETTINGS, METHODS, SettingError, SolverConfig, setting_help
-from .data import IMAGEFOLDER_IMAGE_SIZE
-from .errors import UsageError
-from .training.schedule import SCHEDULE_DEFAULTS, SCHEDULE_PRESETS
+from ..config import COMMAND_LINE_SETTINGS, METHODS, SolverConfig, setting_help
+from ..data import IMAGEFOLDER_IMAGE_SIZE
+from ..training.schedule import SCHEDULE_DEFAULTS, SCHEDULE_PRESETS
 
 __all__ = [
     "positive_int",
@@ -196,10 +195,7 @@ def solver_config(values: dict, base: SolverConfig | None = None) -> SolverConfi
     """``base`` (default SolverConfig()) with the given ``values`` (None: not given), checked.
 
     Raises:
-        UsageError: a value out of range, naming its flag, what it takes and what came.
+        SettingError: a value out of range (the command line names its flag).
     """
-    given = {name: value for name, value in values.items() if value is not None}
-    try:
-        return (base or SolverConfig()).replace(**given)
-    except SettingError as e:
-        raise UsageError(f"{solver_flag(e.setting)}: expected {e.expected}, got {e.got!r}") from None
+    return (base or SolverConfig()).replace(
+        **{name: value for name, value in values.items() if value is not None})
