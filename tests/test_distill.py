@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from supermix import training as tr
-from supermix.commands.args import add_schedule_arguments
+from supermix.commands.args import add_schedule_arguments, resolve_schedule_flags
 from supermix.runtime import make_generator
 from supermix.training.objectives import (DistillWeights, ce_loss, ce_to_teacher_top1,
                                           distill_objective, kd_loss)
@@ -98,11 +98,11 @@ def test_presets_fill_only_unset_flags():
     p = argparse.ArgumentParser()
     add_schedule_arguments(p)
     args = p.parse_args(["--preset", "cifar100", "--lr", "0.05"])
-    tr.resolve_hparams(args)
+    resolve_schedule_flags(args)
     assert (args.batch_size, args.epochs, args.lr_decay_epochs, args.lr, args.wd) == (
         128, 600, [200, 300, 400, 500], 0.05, 5e-4)
     args = p.parse_args(["--epochs", "12"])
-    tr.resolve_hparams(args)
+    resolve_schedule_flags(args)
     assert args.lr_decay_epochs == [4, 6, 8, 10]      # 1/3, 1/2, 2/3, 5/6 of the run
     assert tr.SCHEDULE_PRESETS["imagenet"]["batch_size"] == 256
 
@@ -426,3 +426,16 @@ def test_quick_replication(tmp_path):
     assert cells[5] == "0.0%"  # min_iters 1: no sample stays a plain average
     assert cells[7] == f"{(stats[0]['kl_to_target'] + stats[1]['kl_to_target']) / 2:.3f}"
     assert (tmp_path / "replication.png").stat().st_size > 10_000
+
+def test_warmup_lr_factor_by_hand():
+    """The teacher recipe's lr multiplier: linear warm-up, then cosine or steps (by hand)."""
+    import math
+
+    cosine = tr.warmup_lr_factor(4, 10, 1.0, "cosine", 0.1)
+    assert [cosine(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert cosine(10) == pytest.approx(1.0)
+    assert cosine(39) == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    steps = tr.warmup_lr_factor(4, 10, 0.0, "step", 0.1)          # milestones 2 and 3
+    assert [steps(s) for s in (0, 19, 20, 29, 30, 39)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    assert tr.warmup_lr_factor(4, 10, 0.0, "step", 0.5, [1])(10) == pytest.approx(0.5)

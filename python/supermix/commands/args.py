@@ -11,7 +11,8 @@ from dataclasses import fields
 
 from ..config import COMMAND_LINE_SETTINGS, METHODS, SolverConfig, setting_help
 from ..data import IMAGEFOLDER_IMAGE_SIZE
-from ..training.schedule import SCHEDULE_DEFAULTS, SCHEDULE_PRESETS
+from ..errors import UsageError
+from ..training.schedule import SCHEDULE_DEFAULTS, SCHEDULE_PRESETS, resolve_schedule
 
 __all__ = [
     "positive_int",
@@ -27,6 +28,11 @@ __all__ = [
     "add_solver_arguments",
     "solver_flag",
     "solver_config",
+    "resolve_schedule_flags",
+    "sgd_settings",
+    "labelled_data",
+    "run_training",
+    "run_settings",
 ]
 
 
@@ -103,7 +109,7 @@ def add_threads_argument(g, help_more: str = "") -> None:
 
 
 def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
-    """Optimiser and schedule flags; None defaults are filled by :func:`resolve_hparams`."""
+    """Optimiser and schedule flags; None defaults are filled by :func:`resolve_schedule_flags`."""
     g = p.add_argument_group("schedule (paper sec. 4)")
     # dest "preset": the name runs have always recorded in their logs and checkpoints.
     g.add_argument("--schedule-preset", "--preset", dest="preset", choices=sorted(SCHEDULE_PRESETS),
@@ -199,3 +205,59 @@ def solver_config(values: dict, base: SolverConfig | None = None) -> SolverConfi
     """
     return (base or SolverConfig()).replace(
         **{name: value for name, value in values.items() if value is not None})
+
+
+def resolve_schedule_flags(args: argparse.Namespace) -> None:
+    """Fill the unset schedule flags from ``--schedule-preset``, then the defaults
+    (``training.resolve_schedule``), in ``args``: the run records the values it used."""
+    keys = (*SCHEDULE_DEFAULTS, "lr_decay_epochs")
+    values = resolve_schedule(args.preset, **{key: getattr(args, key) for key in keys})
+    for key, value in values.items():
+        setattr(args, key, value)
+
+
+def sgd_settings(args: argparse.Namespace):
+    """The optimiser the flags name (``--lr``, ``--momentum``, ``--wd``, ``--nesterov``)."""
+    from ..training import SGDSettings
+
+    return SGDSettings(lr=args.lr, momentum=args.momentum, wd=args.wd,
+                       nesterov=bool(getattr(args, "nesterov", False)))
+
+
+def labelled_data(args: argparse.Namespace, spec: str | None = None, **options):
+    """The data the shared flags name (``--data``, ``--data-root``, ``--limit-train``,
+    ``--limit-test``, ``--download``, ``--image-size``, ``--workers``, ``--as-cifar``); ``spec``
+    and ``options`` override them."""
+    from ..training import LabelledData
+
+    kwargs = dict(as_cifar=getattr(args, "as_cifar", False), limit_train=args.limit_train,
+                  limit_test=args.limit_test, download=args.download,
+                  image_size=args.image_size, workers=args.workers)
+    kwargs.update(options)
+    return LabelledData(spec or args.data, args.data_root, **kwargs)
+
+
+def run_training(args: argparse.Namespace, body) -> int:
+    """Run a training command's ``body(args, info)`` in its process group (``--device``) with
+    ``--threads``, after the checks every training command shares."""
+    from ..training import run_command
+
+    if args.workers < 0:
+        raise UsageError(f"--workers: expected >= 0, got {args.workers}")
+    return run_command(lambda info: body(args, info), args.device, args.threads)
+
+
+def run_settings(args: argparse.Namespace, name: str, arch: str, default_out: str, epochs: int,
+                 decay_epochs, steps_per_epoch: int):
+    """The run the shared schedule and run flags describe (train and distill), with the
+    command's (scaled) schedule."""
+    from pathlib import Path
+
+    from ..training import RunSettings
+
+    return RunSettings(
+        name=name, out=Path(args.out or default_out), arch=arch, seed=args.seed,
+        sgd=sgd_settings(args), epochs=epochs, steps_per_epoch=steps_per_epoch,
+        decay_epochs=tuple(decay_epochs), decay_rate=args.lr_decay_rate, resume=args.resume,
+        channels_last=args.channels_last, eval_every=args.eval_every, amp=args.amp,
+        show_progress=not args.no_progress, stop_after=args.stop_after)

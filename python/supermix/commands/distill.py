@@ -58,6 +58,7 @@ from ..mixers import MIXERS, mixer_names
 from ..generation.settings import check_image_fit
 from ..mixed_set import load_mixed_set
 from ..teachers import check_teacher_fits, load_teacher, locate_teacher
+from .. import models
 from .. import training as tr
 from ..training.objectives import DistillWeights, distill_objective
 
@@ -171,17 +172,9 @@ def _online_config(args) -> SolverConfig:
     return config
 
 
-def run(args: argparse.Namespace) -> int:
-    """``supermix distill``; returns the exit status."""
-    return tr.run_command(args, _run)
-
-
-def _run(args, info: DistInfo) -> int:
-    tr.resolve_hparams(args)
-
-    weights = _weights(args)
-    config = _online_config(args)
-
+def _teacher_and_data(args):
+    """The teacher (on the CPU), its config, the data spec, the labelled data it fits and the
+    mixed set (None without --mixed); ``args.teacher`` and ``args.mixed`` become absolute."""
     teacher_path = locate_teacher(args.teacher)
     args.teacher = str(teacher_path.resolve())
     if args.mixed is not None:
@@ -193,80 +186,26 @@ def _run(args, info: DistInfo) -> int:
         raise UsageError(f"--data: {teacher_path} does not say which data it was trained on; "
                          f"pass --data")
     as_cifar = check_teacher_fits(teacher_path, tconfig, spec, args.data_root)
-    data = tr.LabelledData.from_args(args, spec, as_cifar=as_cifar, mean=tconfig.get("mean"),
-                                     std=tconfig.get("std"))
+    data = sargs.labelled_data(args, spec, as_cifar=as_cifar, mean=tconfig.get("mean"),
+                               std=tconfig.get("std"))
     t_classes = int(tconfig["num_classes"])
 
     generated = None
     if args.mixed is not None:
         generated = load_mixed_set(args.mixed, limit=args.limit_mixed)
         tr.check_generated(generated, data, t_classes)
+    return teacher, tconfig, spec, data, generated
 
-    solves = bool(args.online) and MIXERS[args.online].solves
-    if solves:  # checked before --out is touched
-        check_image_fit({"mask_size": args.mask_size}, data.shape)
-    out = tr.check_out(Path(args.out or f"runs/distill-{args.student}-{data.name}"), args.resume,
-                       info)
-    device = info.device
-    batch_format = memory_format(args.channels_last)
 
-    model, module, optimizer = tr.setup_model(args.student, data.num_classes, data.shape[0],
-                                              info, args)
-    teacher = teacher.to(device, memory_format=batch_format).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-
+def _batches_fn(args, info: DistInfo, data, bank, mixer, teacher, slots: int, n_mixed: int,
+                batch_format):
+    """``batches(epoch)``: (real images, labels, mixed images, the teacher's outputs when the
+    solver already computed them) per step; the mixed images come from the set's ``bank`` or
+    from ``mixer`` (online), or there are none."""
     n = data.num_train
-    n_mixed = len(generated.images) if generated is not None else 0
-    slots = max(n, n_mixed)
-    epochs, decays = tr.scale_schedule(args.epochs, args.lr_decay_epochs, n, slots,
-                                      not args.no_scale_epochs)
-    steps = tr.EpochPlan.checked_steps(slots, args.batch_size, info.world, args.limit_steps)
-    local_batch = args.batch_size // info.world
-    if args.online and local_batch < args.k:
-        raise UsageError(f"--k: online mixing of k={args.k} images needs a per-process batch "
-                         f"of at least k, got {local_batch}")
-
-    mixer = None
-    if args.online:
-        from ..mixers import create_mixer
-
-        mixer = create_mixer(args.online, teacher=teacher, config=config)
-    bank = None
-    if generated is not None:
-        bank = tr.mixed_bank(generated, data.mean, data.std, data.real_padding)
-        dummy = torch.zeros(n_mixed, dtype=torch.long)
-
-    run_args = tr.run_arguments(args)
-    config = dict(data.model_config(args.student), teacher=args.teacher,
-                  teacher_arch=tconfig.get("arch"), recipe=args.recipe,
-                  objective=dataclasses.asdict(weights))
-    state = tr.TrainState(
-        model=model, module=module, optimizer=optimizer, info=info, out=out, config=config,
-        run_args=run_args, epochs=epochs, decay_epochs=decays, lr=args.lr,
-        decay_rate=args.lr_decay_rate, steps_per_epoch=steps, eval_every=args.eval_every,
-        amp=args.amp, show_progress=not args.no_progress, stop_after=args.stop_after,
-        name="distill")
-    state.start_record = tr.start_record(
-        "distill", args, run_args, config, info, labelled_images=n, mixed_images=n_mixed,
-        epoch_slots=slots, kappa=(n_mixed / n) if n_mixed else None, epochs=epochs,
-        lr_decay_epochs=decays, steps_per_epoch=steps,
-        teacher_test_top1=tconfig.get("test_accuracy"), recipe=args.recipe,
-        weights=dataclasses.asdict(weights))
-    if args.resume:
-        tr.try_resume(state, tr.must_match(run_args))
-    if info.is_main and generated is not None:
-        for note in tr.generated_notes(generated, n, args.teacher):
-            print(note, flush=True)
-    if info.is_main:
-        src = (f"mixed set {generated.path} ({n_mixed} images, kappa {n_mixed / n:.2f})"
-               if generated is not None else f"online {args.online}" if args.online
-               else "no mixed images")
-        print(f"distill: {tconfig.get('arch')} -> {args.student} on {spec} ({n} labelled), "
-              f"{src}; recipe {args.recipe or 'none'}: weights ce {weights.ce} kd {weights.kd} mixed-ce {weights.mixed_ce} "
-              f"mixed-kd {weights.mixed_kd} T {weights.T}; {epochs} epochs x {steps} steps of "
-              f"{args.batch_size}, lr {args.lr} decayed at {decays}; {info.world} process(es) "
-              f"on {device}", flush=True)
+    device = info.device
+    solves = mixer is not None and MIXERS[args.online].solves
+    dummy = torch.zeros(n_mixed, dtype=torch.long)
 
     def batches(epoch: int):
         plan = tr.EpochPlan(slots, args.batch_size, args.seed, epoch, info.world, info.rank,
@@ -297,6 +236,12 @@ def _run(args, info: DistInfo) -> int:
                 x_mix = None
             yield x, y, x_mix, known
 
+    return batches
+
+
+def _step_fn(module, teacher, weights: DistillWeights, batch_format):
+    """The distillation step: the student on the real and mixed images in one pass, the
+    teacher only where an active term needs it (or its outputs known from the solver)."""
     need_real_teacher = weights.kd > 0
     need_mixed_teacher = weights.needs_mixed
 
@@ -323,5 +268,75 @@ def _run(args, info: DistInfo) -> int:
         correct = (s_real.detach().argmax(dim=1) == y).sum()
         return loss, parts, b, correct, b
 
+    return step
+
+
+def run(args: argparse.Namespace) -> int:
+    """``supermix distill``; returns the exit status."""
+    return sargs.run_training(args, _run)
+
+
+def _run(args, info: DistInfo) -> int:
+    sargs.resolve_schedule_flags(args)
+
+    weights = _weights(args)
+    config = _online_config(args)
+
+    teacher, tconfig, spec, data, generated = _teacher_and_data(args)
+    models.check_name(args.student)  # before the step checks; the model is built later
+
+    solves = bool(args.online) and MIXERS[args.online].solves
+    if solves:  # checked before --out is touched
+        check_image_fit({"mask_size": args.mask_size}, data.shape)
+    device = info.device
+    batch_format = memory_format(args.channels_last)
+    n = data.num_train
+    n_mixed = len(generated.images) if generated is not None else 0
+    slots = max(n, n_mixed)
+    epochs, decays = tr.scale_schedule(args.epochs, args.lr_decay_epochs, n, slots,
+                                      not args.no_scale_epochs)
+    steps = tr.EpochPlan.checked_steps(slots, args.batch_size, info.world, args.limit_steps)
+    local_batch = args.batch_size // info.world
+    if args.online and local_batch < args.k:
+        raise UsageError(f"--k: online mixing of k={args.k} images needs a per-process batch "
+                         f"of at least k, got {local_batch}")
+    model_config = dict(data.model_config(args.student), teacher=args.teacher,
+                        teacher_arch=tconfig.get("arch"), recipe=args.recipe,
+                        objective=dataclasses.asdict(weights))
+    state = tr.prepare_run(
+        sargs.run_settings(args, "distill", args.student,
+                           f"runs/distill-{args.student}-{data.name}", epochs, decays, steps),
+        data.num_classes, data.shape[0], info, tr.run_arguments(vars(args)), model_config,
+        labelled_images=n, mixed_images=n_mixed, epoch_slots=slots,
+        kappa=(n_mixed / n) if n_mixed else None, epochs=epochs, lr_decay_epochs=decays,
+        steps_per_epoch=steps, teacher_test_top1=tconfig.get("test_accuracy"),
+        recipe=args.recipe, weights=dataclasses.asdict(weights))
+    module = state.module
+    teacher = teacher.to(device, memory_format=batch_format).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    mixer = None
+    if args.online:
+        from ..mixers import create_mixer
+
+        mixer = create_mixer(args.online, teacher=teacher, config=config)
+    bank = None
+    if generated is not None:
+        bank = tr.mixed_bank(generated, data.mean, data.std, data.real_padding)
+    if info.is_main and generated is not None:
+        for note in tr.generated_notes(generated, n, args.teacher):
+            print(note, flush=True)
+    if info.is_main:
+        src = (f"mixed set {generated.path} ({n_mixed} images, kappa {n_mixed / n:.2f})"
+               if generated is not None else f"online {args.online}" if args.online
+               else "no mixed images")
+        print(f"distill: {tconfig.get('arch')} -> {args.student} on {spec} ({n} labelled), "
+              f"{src}; recipe {args.recipe or 'none'}: weights ce {weights.ce} kd {weights.kd} "
+              f"mixed-ce {weights.mixed_ce} mixed-kd {weights.mixed_kd} T {weights.T}; {epochs} "
+              f"epochs x {steps} steps of {args.batch_size}, lr {args.lr} decayed at {decays}; "
+              f"{info.world} process(es) on {device}", flush=True)
+
+    batches = _batches_fn(args, info, data, bank, mixer, teacher, slots, n_mixed, batch_format)
+    step = _step_fn(module, teacher, weights, batch_format)
     tr.train(state, batches, step, lambda: data.test_batches(info, batch_format), "student ")
     return 0

@@ -8,14 +8,29 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 
 from . import args as sargs
 from ..generation import (DEFAULTS, MIXER_NAMES, SOLVER_PRESETS, SPLIT_NAMES, STORE_NAMES,
-                          GenerateSettings, generate_set, limit_arg)
+                          GenerateSettings, generate_set)
 from ..kernels import BACKENDS
 from ..runtime import set_threads
 
 __all__ = ["add_parser", "run"]
+
+
+def limit_arg(text: str) -> int | str:
+    """argparse type of ``--limit``: a positive integer N (the first N images) or the path of
+    an index file."""
+    if text.strip().isdigit():
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected N >= 1 or an index file, got {text!r}")
+        return value
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"expected a number N or an index file, got {text!r} "
+                                         f"(no such file)")
+    return text
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -67,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     arguments = {k: v for k, v in vars(args).items() if k not in ("func", "command")
                  and not callable(v) and not (k == "limit" and v is None)}
     set_threads(args.threads)
-    manifest = generate_set(GenerateSettings.from_args(args), arguments)
+    settings = GenerateSettings(**{f.name: getattr(args, f.name) for f in fields(GenerateSettings)})
+    manifest = generate_set(settings, arguments)
     if manifest and int(os.environ.get("RANK", "0")) == 0:
         t = manifest["totals"]
         rate = f"{t['success_rate']:.1%}" if t["success_rate"] is not None else "n/a"

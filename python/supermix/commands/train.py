@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import args as sargs
+from .. import models
 from .. import training as tr
 from ..errors import UsageError
 from ..runtime import DistInfo, make_generator, memory_format
@@ -66,54 +67,43 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """``supermix train``; returns the exit status."""
-    return tr.run_command(args, _run)
+    return sargs.run_training(args, _run)
 
 
 def _run(args, info: DistInfo) -> int:
-    tr.resolve_hparams(args)
+    sargs.resolve_schedule_flags(args)
     if args.randaugment == "mixed" and args.mixed is None:
         raise UsageError("--randaugment mixed: there are no mixed images without --mixed DIR")
     if args.mixed is not None:
         args.mixed = str(Path(args.mixed).resolve())
-    data = tr.LabelledData.from_args(args, randaugment=args.randaugment == "all")
+    data = sargs.labelled_data(args, randaugment=args.randaugment == "all")
     generated = None
     if args.mixed is not None:
         generated = load_mixed_set(args.mixed, limit=args.limit_mixed)
         tr.check_generated(generated, data, data.num_classes)
+    models.check_name(args.arch)  # before the step checks; the model is built later
 
-    out = tr.check_out(Path(args.out or f"runs/train-{args.arch}-{data.name}"), args.resume,
-                       info)
     device = info.device
     batch_format = memory_format(args.channels_last)
-
-    model, module, optimizer = tr.setup_model(args.arch, data.num_classes, data.shape[0], info,
-                                              args)
-
     n = data.num_train
     n_mixed = len(generated.images) if generated is not None else 0
     slots = n + n_mixed
     epochs, decays = tr.scale_schedule(args.epochs, args.lr_decay_epochs, n, slots,
                                        not args.no_scale_epochs)
     steps = tr.EpochPlan.checked_steps(slots, args.batch_size, info.world, args.limit_steps)
+    state = tr.prepare_run(
+        sargs.run_settings(args, "train", args.arch, f"runs/train-{args.arch}-{data.name}",
+                           epochs, decays, steps),
+        data.num_classes, data.shape[0], info, tr.run_arguments(vars(args)),
+        data.model_config(args.arch), labelled_images=n, mixed_images=n_mixed,
+        epoch_slots=slots, kappa=(n_mixed / n) if n_mixed else None, epochs=epochs,
+        lr_decay_epochs=decays, steps_per_epoch=steps)
+    module = state.module
     bank = targets = None
     if generated is not None:
         bank = tr.mixed_bank(generated, data.mean, data.std, data.real_padding,
                              randaugment=args.randaugment in ("mixed", "all"))
         targets = mixed_targets(generated, args.mixed_label)
-
-    run_args = tr.run_arguments(args)
-    config = data.model_config(args.arch)
-    state = tr.TrainState(
-        model=model, module=module, optimizer=optimizer, info=info, out=out, config=config,
-        run_args=run_args, epochs=epochs, decay_epochs=decays, lr=args.lr,
-        decay_rate=args.lr_decay_rate, steps_per_epoch=steps, eval_every=args.eval_every,
-        amp=args.amp, show_progress=not args.no_progress, stop_after=args.stop_after, name="train")
-    state.start_record = tr.start_record(
-        "train", args, run_args, config, info, labelled_images=n, mixed_images=n_mixed,
-        epoch_slots=slots, kappa=(n_mixed / n) if n_mixed else None, epochs=epochs,
-        lr_decay_epochs=decays, steps_per_epoch=steps)
-    if args.resume:
-        tr.try_resume(state, tr.must_match(run_args))
     if info.is_main and generated is not None:
         for note in tr.generated_notes(generated, n):
             print(note, flush=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,11 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from . import args as sargs
+from .. import models
 from .. import training as tr
 from ..checkpoint import atomic_write_text, save_checkpoint
 from ..runtime import DistInfo, memory_format
 
-__all__ = ["add_parser", "run", "lr_factor"]
+__all__ = ["add_parser", "run"]
 
 CARD_NAME = "card.json"
 SCHEDULES = ("cosine", "step")
@@ -95,55 +95,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def lr_factor(args, steps_per_epoch: int):
-    """``factor(step)``: the lr multiplier of global step ``step`` (linear warm-up, then cosine
-    to 0 over the run or ``gamma`` per milestone passed)."""
-    total = max(1, args.epochs * steps_per_epoch)
-    warmup = int(round(args.warmup_epochs * steps_per_epoch))
-    milestones = args.milestones or [int(args.epochs * 0.5), int(args.epochs * 0.75)]
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if args.schedule == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        epoch = step // steps_per_epoch
-        return args.gamma ** sum(epoch >= m for m in milestones)
-
-    return factor
-
-
 def run(args: argparse.Namespace) -> int:
     """Train as ``args`` (from :func:`add_parser`) says; returns the process exit status."""
-    return tr.run_command(args, _run)
+    return sargs.run_training(args, _run)
 
 
 def _run(args, info: DistInfo) -> int:
-    data = tr.LabelledData.from_args(args, randaugment=args.randaugment)
-    out = tr.check_out(Path(args.out or f"runs/teacher-{args.arch}-{data.name}"), args.resume,
-                       info)
+    data = sargs.labelled_data(args, randaugment=args.randaugment)
+    models.check_name(args.arch)  # before the step checks; the model is built later
     device = info.device
     batch_format = memory_format(args.channels_last)
-
-    model, module, optimizer = tr.setup_model(args.arch, data.num_classes, data.shape[0], info,
-                                              args)
     n = data.num_train
     steps = tr.EpochPlan.checked_steps(n, args.batch_size, info.world)
-    factor = lr_factor(args, steps)
-
-    run_args = tr.run_arguments(args)
-    config = data.model_config(args.arch)
-    state = tr.TrainState(
-        model=model, module=module, optimizer=optimizer, info=info, out=out, config=config,
-        run_args=run_args, epochs=args.epochs, decay_epochs=[], lr=args.lr, decay_rate=1.0,
-        steps_per_epoch=steps, show_progress=not args.no_progress, name="train-teacher",
+    factor = tr.warmup_lr_factor(args.epochs, steps, args.warmup_epochs, args.schedule,
+                                 args.gamma, args.milestones)
+    run = tr.RunSettings(
+        name="train-teacher", out=Path(args.out or f"runs/teacher-{args.arch}-{data.name}"),
+        arch=args.arch, seed=args.seed, sgd=sargs.sgd_settings(args), epochs=args.epochs,
+        steps_per_epoch=steps, resume=args.resume, channels_last=args.channels_last,
+        show_progress=not args.no_progress, may_change=RESUME_MAY_CHANGE,
         lr_at=lambda epoch, i: args.lr * factor(epoch * steps + i))
-    state.start_record = tr.start_record("train-teacher", args, run_args, config, info,
-                                         labelled_images=n, epochs=args.epochs,
-                                         steps_per_epoch=steps)
-    if args.resume:
-        tr.try_resume(state, [k for k in tr.must_match(run_args) if k not in RESUME_MAY_CHANGE])
+    state = tr.prepare_run(run, data.num_classes, data.shape[0], info,
+                           tr.run_arguments(vars(args)), data.model_config(args.arch),
+                           labelled_images=n, epochs=args.epochs, steps_per_epoch=steps)
+    model, module, out = state.model, state.module, state.out
     n_params = sum(p.numel() for p in model.parameters())
     if info.is_main:
         print(f"train-teacher: {args.arch} ({n_params / 1e6:.2f}M params) on {args.data} "

@@ -39,7 +39,7 @@ subset's.
 """
 from .run import generate, generate_set
 from .settings import (DEFAULTS, IDENTITY_KEYS, METHOD_NAMES, MIXER_NAMES, SOLVER_PRESETS,
-                       SPLIT_NAMES, STORE_NAMES, GenerateSettings, check_image_fit, limit_arg,
+                       SPLIT_NAMES, STORE_NAMES, GenerateSettings, check_image_fit,
                        resolve_settings)
 from .shards import (MAX_DRAW_FACTOR, GenerationError, blind_success, make_mixer, shard_quotas,
                      shard_seed)
@@ -48,6 +48,6 @@ from .source import ImageSource
 __all__ = [
     "DEFAULTS", "IDENTITY_KEYS", "MAX_DRAW_FACTOR", "METHOD_NAMES", "MIXER_NAMES",
     "SOLVER_PRESETS", "SPLIT_NAMES", "STORE_NAMES", "GenerateSettings", "GenerationError",
-    "ImageSource", "blind_success", "check_image_fit", "generate", "generate_set", "limit_arg", "make_mixer",
+    "ImageSource", "blind_success", "check_image_fit", "generate", "generate_set", "make_mixer",
     "resolve_settings", "shard_quotas", "shard_seed",
 ]

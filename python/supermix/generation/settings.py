@@ -2,7 +2,6 @@
 once from the command line or from keywords, and their checks."""
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, fields
 from typing import Any
@@ -25,7 +24,6 @@ __all__ = [
     "resolve_settings",
     "check_settings",
     "check_image_fit",
-    "limit_arg",
 ]
 
 # The paper's solver settings (sec. 4): alpha 3, lambda_s 25; CIFAR-100 8x8 masks, sigma 1;
@@ -116,11 +114,6 @@ class GenerateSettings:
         if isinstance(self.limit, os.PathLike):
             self.limit = os.fspath(self.limit)
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "GenerateSettings":
-        """The settings of parsed ``supermix generate`` arguments."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
-
     def arguments(self) -> dict:
         """What the manifest records as the arguments of a library call (the progress bar is
         not one; ``limit`` only when given)."""
@@ -197,17 +190,3 @@ def check_image_fit(s: dict, image_shape, flag: str = "--mask-size") -> None:
     if s["mask_size"] > min(h, w):
         raise UsageError(f"{flag}: expected a mask grid of at most the image size {h}x{w}, got "
                          f"{s['mask_size']}")
-
-
-def limit_arg(text: str) -> int | str:
-    """argparse type of ``--limit``: a positive integer N (the first N images) or the path of
-    an index file."""
-    if text.strip().isdigit():
-        value = int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"expected N >= 1 or an index file, got {text!r}")
-        return value
-    if not os.path.isfile(text):
-        raise argparse.ArgumentTypeError(f"expected a number N or an index file, got {text!r} "
-                                         f"(no such file)")
-    return text

@@ -290,7 +290,7 @@ class GeneratedSet:
 
     @property
     def data_name(self) -> str:
-        from .data import parse_spec
+        from ..data import parse_spec
 
         spec = (self.manifest.get("data") or {}).get("spec") or \
             (self.manifest.get("config") or {}).get("data", "")

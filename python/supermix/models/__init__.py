@@ -24,7 +24,7 @@ from . import shufflenet as _shufflenet
 from . import vgg as _vgg
 from . import wrn as _wrn
 
-__all__ = ["create", "available", "register", "REGISTRY"]
+__all__ = ["create", "check_name", "available", "register", "REGISTRY"]
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet8": _resnet.resnet8,
@@ -80,6 +80,23 @@ def _normalise_name(name: str) -> str:
     return key
 
 
+def check_name(name: str) -> None:
+    """Raise :class:`UsageError` unless ``name`` is a zoo name or ``tv:`` and a torchvision
+    model (what :func:`create` takes), before anything is built."""
+    if not isinstance(name, str):
+        raise UsageError(f"name: expected a model name string, got {type(name).__name__}")
+    if name.startswith("tv:"):
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if name[3:] not in known:
+            raise UsageError(f"name: expected 'tv:' followed by one of "
+                             f"{', '.join(sorted(known))}, got {name!r}")
+        return
+    if _normalise_name(name) not in REGISTRY:
+        raise UsageError(f"name: expected one of {', '.join(available())}, got {name!r}")
+
+
 def create(name: str, num_classes: int = 10, in_channels: int = 3, pretrained: bool = False,
            **kwargs) -> nn.Module:
     """Build a network by name.
@@ -99,13 +116,10 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3, pretrained: b
         raise UsageError(f"num_classes: expected an integer >= 1, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise UsageError(f"in_channels: expected an integer >= 1, got {in_channels!r}")
-    if not isinstance(name, str):
-        raise UsageError(f"name: expected a model name string, got {type(name).__name__}")
+    check_name(name)
     if name.startswith("tv:"):
         return _torchvision_model(name[3:], num_classes, in_channels, pretrained, **kwargs)
     key = _normalise_name(name)
-    if key not in REGISTRY:
-        raise UsageError(f"name: expected one of {', '.join(available())}, got {name!r}")
     if pretrained:
         raise UsageError(f"pretrained: only torchvision models ('tv:...') have pretrained "
                          f"weights, got pretrained=True for {name!r}")
@@ -116,10 +130,6 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int, pretrained
                        **kwargs) -> nn.Module:
     import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        raise UsageError(f"name: expected 'tv:' followed by one of {', '.join(sorted(known))}, "
-                         f"got 'tv:{name}'")
     if pretrained:
         model = torchvision.models.get_model(name, weights="DEFAULT", **kwargs)
         _replace_classifier(model, num_classes)

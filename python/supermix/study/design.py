@@ -131,8 +131,9 @@ PAPER_PROTOCOL = Protocol(
     ),
     # 12 seeds for the question, reruns of the first 2, the other arms on the first 4; kappa 3
     # and 80 epochs, the plateau of the pilot (KD + CutMix 80.85% at 20 epochs, 86.28% at 40,
-    # 88.79% at 60, 89.64% at 80; docs/study-notes.md). About 6 hours of this machine: run it in
-    # parts (--seeds 0,1,2,3,4,5 then --seeds 6,...,11, the same --out), then --report-only.
+    # 88.79% at 60, 89.64% at 80; docs/study-notes.md). About 84 minutes per four seeds here: run
+    # it in parts (--seeds 0,1,2,3 ... 8,9,10,11, the same --out, as docs/study-notes.md lists),
+    # then the reruns and other arms, then --report-only.
     full=dict(labelled=3000, kappa=3.0, epochs=80, batch_size=128, seeds=list(range(12)),
               ablation_seeds=4, limit_test=None, rerun_seeds=2),
     quick=dict(labelled=512, kappa=1.0, epochs=3, batch_size=64, seeds=[0, 1],

@@ -51,14 +51,15 @@ loadable by :func:`supermix.checkpoint.load_teacher`), ``log.jsonl`` (one JSON o
 """
 from .batches import CropFlip, EpochPlan, ImageBank, bank_stream, crop_flip, dataset_stream
 from .data import LabelledData, check_generated, generated_notes, mixed_bank
-from .loop import (evaluate, finish, fit, make_sgd, run_command, setup_model,
+from .loop import (SGDSettings, evaluate, finish, fit, make_sgd, run_command, setup_model,
                    topk_correct, train)
+from .prepare import RunSettings, prepare_run
 from .objectives import (MIXED_LABELS, DistillWeights, ce_loss, ce_to_teacher_top1,
                          distill_objective, kd_loss, mixed_targets, soft_cross_entropy)
 from .resume import (CHECKPOINT_NAME, LOG_NAME, MODEL_NAME, check_out, must_match, run_arguments,
                      start_record, try_resume, write_log)
 from .schedule import (DEFAULT_DECAY_FRACTIONS, SCHEDULE_DEFAULTS, SCHEDULE_PRESETS,
-                       resolve_hparams, scale_schedule, step_lr)
+                       resolve_schedule, scale_schedule, step_lr, warmup_lr_factor)
 from .state import TrainState
 from .sync_bn import CpuSyncBatchNorm, convert_sync_batchnorm, prepare_model
 
@@ -66,13 +67,13 @@ __all__ = [
     "CHECKPOINT_NAME", "LOG_NAME", "MODEL_NAME", "check_out", "must_match", "run_arguments",
     "start_record",
     "try_resume", "write_log",
-    "DEFAULT_DECAY_FRACTIONS", "SCHEDULE_DEFAULTS", "SCHEDULE_PRESETS", "resolve_hparams",
-    "scale_schedule", "step_lr",
+    "DEFAULT_DECAY_FRACTIONS", "SCHEDULE_DEFAULTS", "SCHEDULE_PRESETS", "resolve_schedule",
+    "scale_schedule", "step_lr", "warmup_lr_factor",
     "CropFlip", "EpochPlan", "ImageBank", "bank_stream", "crop_flip", "dataset_stream",
     "LabelledData", "check_generated", "generated_notes", "mixed_bank",
     "CpuSyncBatchNorm", "convert_sync_batchnorm", "prepare_model",
-    "TrainState", "evaluate", "finish", "fit", "make_sgd", "run_command", "setup_model",
-    "topk_correct", "train",
+    "TrainState", "evaluate", "finish", "fit", "make_sgd", "run_command", "setup_model", "SGDSettings",
+    "topk_correct", "train", "RunSettings", "prepare_run",
     "MIXED_LABELS", "DistillWeights", "ce_loss", "ce_to_teacher_top1", "distill_objective",
     "kd_loss", "mixed_targets", "soft_cross_entropy",
 ]

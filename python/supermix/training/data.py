@@ -78,17 +78,6 @@ class LabelledData:
         if self.num_train == 0:
             raise UsageError(f"--data: {spec!r} has no training images")
 
-    @classmethod
-    def from_args(cls, args, spec: str | None = None, **options) -> "LabelledData":
-        """The data the shared flags name (``--data``, ``--data-root``, ``--limit-train``,
-        ``--limit-test``, ``--download``, ``--image-size``, ``--workers``, ``--as-cifar``);
-        ``spec`` and ``options`` override them."""
-        kwargs = dict(as_cifar=getattr(args, "as_cifar", False), limit_train=args.limit_train,
-                      limit_test=args.limit_test, download=args.download,
-                      image_size=args.image_size, workers=args.workers)
-        kwargs.update(options)
-        return cls(spec or args.data, args.data_root, **kwargs)
-
     def model_config(self, arch: str) -> dict:
         """The checkpoint config of a model ``arch`` trained on this data (what
         :func:`supermix.teachers.load_teacher` rebuilds it from)."""

@@ -1,10 +1,10 @@
 """The epoch loop shared by the training commands, with a per-step lr hook, and evaluation."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -21,40 +21,50 @@ from .schedule import step_lr
 from .state import TrainState
 
 __all__ = [
-    "run_command", "setup_model", "train", "make_sgd", "StepFn", "fit", "finish",
+    "run_command", "setup_model", "SGDSettings", "train", "make_sgd", "StepFn", "fit", "finish",
     "topk_correct", "evaluate",
 ]
 
 
-def run_command(args, body: Callable[[Any, "DistInfo"], int]) -> int:
-    """Run a training command's ``body(args, info)`` inside the torchrun process group (if any),
-    after the settings every training command shares: threads and data-loader workers."""
-    info = init_distributed(args.device)
+def run_command(body: Callable[[DistInfo], int], device: str | None = None,
+                threads: int | None = None) -> int:
+    """Run a training command's ``body(info)`` inside the torchrun process group (if any),
+    with ``threads`` torch threads (None: torch's choice)."""
+    info = init_distributed(device)
     try:
-        set_threads(args.threads)
-        if args.workers < 0:
-            raise UsageError(f"--workers: expected >= 0, got {args.workers}")
-        return body(args, info)
+        set_threads(threads)
+        return body(info)
     finally:
         shutdown_distributed(info)
 
 
-def setup_model(arch: str, num_classes: int, in_channels: int, info: DistInfo,
-                args: argparse.Namespace) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
-    """The network ``arch`` initialised from ``args.seed``, on the device (SyncBatchNorm and DDP
+@dataclass(frozen=True)
+class SGDSettings:
+    """SGD with momentum and weight decay (the original code's optimiser)."""
+
+    lr: float
+    momentum: float = 0.9
+    wd: float = 5e-4
+    nesterov: bool = False
+
+
+def setup_model(arch: str, num_classes: int, in_channels: int, info: DistInfo, seed: int,
+                channels_last: bool, sgd: SGDSettings
+                ) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """The network ``arch`` initialised from ``seed``, on the device (SyncBatchNorm and DDP
     under torchrun), and its SGD. Returns (model, module to call, optimizer)."""
     from .. import models
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     net = models.create(arch, num_classes=num_classes, in_channels=in_channels)
-    model, module = prepare_model(net, info, args.channels_last)
-    return model, module, make_sgd(model, args)
+    model, module = prepare_model(net, info, channels_last)
+    return model, module, make_sgd(model, sgd)
 
 
-def make_sgd(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """SGD with momentum and weight decay on every parameter (as the original code)."""
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                           weight_decay=args.wd, nesterov=bool(getattr(args, "nesterov", False)))
+def make_sgd(model: nn.Module, sgd: SGDSettings) -> torch.optim.Optimizer:
+    """SGD on every parameter (as the original code)."""
+    return torch.optim.SGD(model.parameters(), lr=sgd.lr, momentum=sgd.momentum,
+                           weight_decay=sgd.wd, nesterov=bool(sgd.nesterov))
 
 
 # step(batch) -> (loss, parts, n, correct, labelled): the loss to minimise, named scalar parts
@@ -74,8 +84,8 @@ def fit(state: TrainState, batches: Callable[[int], Iterator[Any]], step: StepFn
     write ``checkpoint.pt`` atomically and rewrite ``log.jsonl``.
     """
     info = state.info
-    seed = int(state.run_args.get("seed", 0))
-    batch_format = memory_format(bool(state.run_args.get("channels_last")))
+    seed = state.seed
+    batch_format = memory_format(state.channels_last)
     last = state.epochs
     if state.stop_after is not None:
         last = min(last, state.start_epoch + state.stop_after)
@@ -119,16 +129,7 @@ def fit(state: TrainState, batches: Callable[[int], Iterator[Any]], step: StepFn
         if sums is None:
             raise UsageError("no training batches: the epoch is shorter than one batch")
         all_reduce_sum(sums, info)
-        seen = max(float(sums[-1]), 1.0)
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr,
-                                  "steps": (epoch + 1) * state.steps_per_epoch}
-        for j, name in enumerate(names):
-            record[name if name == "loss" else f"loss_{name}"] = float(sums[j]) / seen
-        record["train_top1"] = float(sums[len(names)]) / max(float(sums[len(names) + 1]), 1.0)
-        record["train_images"] = int(sums[-1])
-        if not math.isfinite(record["loss"]):
-            raise RuntimeError(f"the loss became {record['loss']} in epoch {epoch + 1}; lower "
-                               f"--lr")
+        record = _epoch_record(sums, names, epoch, lr, state.steps_per_epoch)
         train_s = time.perf_counter() - t0
         if (epoch + 1) % state.eval_every == 0 or epoch + 1 == state.epochs:
             result = evaluate(state.model, test_batches(), info.device, info, state.amp,
@@ -142,18 +143,42 @@ def fit(state: TrainState, batches: Callable[[int], Iterator[Any]], step: StepFn
                       elapsed_s=round(state.elapsed, 3))
         state.history.append(record)
         if info.is_main:
-            test = (f" | test top1 {record['test_top1']:.4f} top5 {record['test_top5']:.4f}"
-                    if "test_top1" in record else "")
-            print(f"{state.name} epoch {epoch + 1}/{state.epochs}: lr {lr:.4g} loss "
-                  f"{record['loss']:.4f} train top1 {record['train_top1']:.4f}{test} | "
-                  f"{record['epoch_s']:.1f}s", flush=True)
-            save_checkpoint(state.out / CHECKPOINT_NAME, state.model, state.config,
-                            optimizer=state.optimizer.state_dict(), epoch=epoch + 1,
-                            history=state.history, elapsed_s=state.elapsed, args=state.run_args,
-                            start_record=state.start_record, resumes=state.resumes)
-            write_log(state)
+            _end_epoch(state, record, epoch, lr)
     info.barrier()
     return state.history
+
+
+def _epoch_record(sums: torch.Tensor, names: list[str], epoch: int, lr: float,
+                  steps_per_epoch: int) -> dict[str, Any]:
+    """The epoch's log record from the summed step metrics (the parts' sums weighted by
+    images, then correct, labelled and images).
+
+    Raises:
+        RuntimeError: the loss is not finite.
+    """
+    seen = max(float(sums[-1]), 1.0)
+    record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "steps": (epoch + 1) * steps_per_epoch}
+    for j, name in enumerate(names):
+        record[name if name == "loss" else f"loss_{name}"] = float(sums[j]) / seen
+    record["train_top1"] = float(sums[len(names)]) / max(float(sums[len(names) + 1]), 1.0)
+    record["train_images"] = int(sums[-1])
+    if not math.isfinite(record["loss"]):
+        raise RuntimeError(f"the loss became {record['loss']} in epoch {epoch + 1}; lower --lr")
+    return record
+
+
+def _end_epoch(state: TrainState, record: dict, epoch: int, lr: float) -> None:
+    """Rank 0: print the epoch's line, write ``checkpoint.pt`` atomically, rewrite the log."""
+    test = (f" | test top1 {record['test_top1']:.4f} top5 {record['test_top5']:.4f}"
+            if "test_top1" in record else "")
+    print(f"{state.name} epoch {epoch + 1}/{state.epochs}: lr {lr:.4g} loss "
+          f"{record['loss']:.4f} train top1 {record['train_top1']:.4f}{test} | "
+          f"{record['epoch_s']:.1f}s", flush=True)
+    save_checkpoint(state.out / CHECKPOINT_NAME, state.model, state.config,
+                    optimizer=state.optimizer.state_dict(), epoch=epoch + 1,
+                    history=state.history, elapsed_s=state.elapsed, args=state.run_args,
+                    start_record=state.start_record, resumes=state.resumes)
+    write_log(state)
 
 
 def train(state: TrainState, batches: Callable[[int], Iterator[Any]], step: StepFn,

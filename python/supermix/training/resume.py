@@ -1,10 +1,9 @@
 """A run's files: ``checkpoint.pt`` and ``--resume``, ``model.pt``, ``log.jsonl``."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 
 from ..checkpoint import CheckpointError, atomic_write_text, load_checkpoint
@@ -28,18 +27,18 @@ RUNTIME_ARGS = ("resume", "out", "device", "threads", "workers", "no_progress", 
                 "eval_every", "stop_after", "command_line", "func", "command")
 
 
-def start_record(command: str, args, run_args: dict, config: dict, info, **extra) -> dict:
-    """The log's ``start`` record: the command, its command line and arguments, the model
-    config, the world size and device, then ``extra``."""
-    return {"command": command, "command_line": getattr(args, "command_line", None),
+def start_record(command: str, run_args: dict, config: dict, info, **extra) -> dict:
+    """The log's ``start`` record: the command, its command line (``run_args["command_line"]``)
+    and arguments, the model config, the world size and device, then ``extra``."""
+    return {"command": command, "command_line": run_args.get("command_line"),
             "args": run_args, "config": config, "world_size": info.world,
             "device": str(info.device), **extra}
 
 
-def run_arguments(args: argparse.Namespace) -> dict:
-    """The arguments as plain values, for the checkpoint and the log."""
-    return {k: v for k, v in vars(args).items() if k not in ("func", "command")
-            and not callable(v)}
+def run_arguments(values: Mapping[str, Any]) -> dict:
+    """A run's arguments (a command's parsed flags, ``vars(args)``) as plain values, for the
+    checkpoint and the log."""
+    return {k: v for k, v in values.items() if k not in ("func", "command") and not callable(v)}
 
 
 def must_match(run_args: dict) -> list[str]:

@@ -1,12 +1,12 @@
 """The learning-rate schedule: presets, epoch scaling with a mixed set, step and cosine lr."""
 from __future__ import annotations
 
-import argparse
-from typing import Any, Sequence
+import math
+from typing import Any, Callable, Sequence
 
 __all__ = [
-    "DEFAULT_DECAY_FRACTIONS", "SCHEDULE_PRESETS", "SCHEDULE_DEFAULTS", "resolve_hparams",
-    "scale_schedule", "step_lr",
+    "DEFAULT_DECAY_FRACTIONS", "SCHEDULE_PRESETS", "SCHEDULE_DEFAULTS", "resolve_schedule",
+    "scale_schedule", "step_lr", "warmup_lr_factor",
 ]
 
 # The paper's CIFAR-100 decays, 200/300/400/500 of 600 epochs, as fractions of the run.
@@ -25,17 +25,28 @@ SCHEDULE_DEFAULTS = {"batch_size": 128, "epochs": 30, "lr": 0.1, "momentum": 0.9
                      "lr_decay_rate": 0.1}
 
 
-def resolve_hparams(args: argparse.Namespace) -> None:
-    """Fill unset schedule flags from ``--schedule-preset``, then :data:`SCHEDULE_DEFAULTS`
-    (in place)."""
-    preset = SCHEDULE_PRESETS.get(args.preset, {}) if args.preset else {}
-    for key, default in SCHEDULE_DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, preset.get(key, default))
-    if args.lr_decay_epochs is None:
-        args.lr_decay_epochs = list(preset.get("lr_decay_epochs") or
-                                    sorted({max(1, int(round(f * args.epochs)))
-                                            for f in DEFAULT_DECAY_FRACTIONS}))
+def resolve_schedule(preset: str | None = None, **given: Any) -> dict[str, Any]:
+    """The schedule settings (batch_size, epochs, lr, momentum, wd, lr_decay_rate,
+    lr_decay_epochs): each ``given`` value that is not None, else the preset's
+    (:data:`SCHEDULE_PRESETS`), else :data:`SCHEDULE_DEFAULTS`; the decays default to the
+    preset's, else 1/3, 1/2, 2/3 and 5/6 of the epochs.
+
+    Raises:
+        UsageError: an unknown preset (naming the setting ``preset``).
+    """
+    if preset is not None and preset not in SCHEDULE_PRESETS:
+        from ..errors import UsageError
+        raise UsageError(f"preset: expected one of {sorted(SCHEDULE_PRESETS)}, got {preset!r}")
+    chosen = SCHEDULE_PRESETS.get(preset, {}) if preset else {}
+    values = {key: given[key] if given.get(key) is not None else chosen.get(key, default)
+              for key, default in SCHEDULE_DEFAULTS.items()}
+    decays = given.get("lr_decay_epochs")
+    if decays is None:
+        decays = list(chosen.get("lr_decay_epochs") or
+                      sorted({max(1, int(round(f * values["epochs"])))
+                              for f in DEFAULT_DECAY_FRACTIONS}))
+    values["lr_decay_epochs"] = decays
+    return values
 
 
 def scale_schedule(epochs: int, decay_epochs: Sequence[int], num_labelled: int,
@@ -63,3 +74,26 @@ def step_lr(base_lr: float, epoch: int, decay_epochs: Sequence[int], rate: float
     return base_lr * rate ** sum(1 for d in decay_epochs if epoch >= d)
 
 
+
+
+def warmup_lr_factor(epochs: int, steps_per_epoch: int, warmup_epochs: float, schedule: str,
+                     gamma: float, milestones: Sequence[int] | None = None
+                     ) -> Callable[[int], float]:
+    """``factor(step)``: the lr multiplier of global step ``step`` for the teacher's recipe:
+    linear warm-up over ``warmup_epochs``, then cosine to 0 over the run (``schedule
+    "cosine"``) or ``gamma`` per milestone passed (default: half and three quarters of the
+    epochs)."""
+    total = max(1, epochs * steps_per_epoch)
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    milestones = milestones or [int(epochs * 0.5), int(epochs * 0.75)]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        epoch = step // steps_per_epoch
+        return gamma ** sum(epoch >= m for m in milestones)
+
+    return factor

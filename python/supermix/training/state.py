@@ -39,6 +39,8 @@ class TrainState:
     resumes: list = field(default_factory=list)  # {"after_epoch", "command_line"} per --resume
     name: str = "train"
     stop_after: int | None = None    # epochs to run in this invocation (None: all)
+    seed: int = 0                    # the run's seed: each epoch reseeds from (seed, epoch, rank)
+    channels_last: bool = False      # the memory format of the evaluation batches
     # Per-step lr hook: lr_at(epoch, step) -> the lr of that step (None: the step schedule of
     # lr, decay_epochs and decay_rate, set once per epoch).
     lr_at: Callable[[int, int], float] | None = None
