@@ -15,8 +15,9 @@ s``); every method sees seed s's draws. Two protocols (``--protocol``):
                ``--min-iters 1``, failures dropped) against CutMix sets of the same size, 80
                epochs (the pilot's plateau), kappa 3, 12 seeds; then reruns of seeds 0 and 1
                (determinism) and the other arms on the first 4 seeds (the default solver,
-               MixUp, KD without mixed images). About 6 hours here: run it in parts with
-               ``--seeds`` (each part's sets and runs are complete on their own).
+               MixUp, KD without mixed images). About 84 minutes per four seeds here: run it
+               in parts with ``--seeds`` (each part's sets and runs are complete on their
+               own; docs/study-notes.md lists the parts).
                The reading rule is fixed in PAPER_PROTOCOL before any number; Holm's
                correction covers every paired row.
     kd-mixed   the earlier study (docs/study-kd-mixed.md): KD on the mixed images too
