@@ -94,7 +94,7 @@ def small_set(tmp_path, teacher) -> Path:
 def test_lock_is_exclusive_names_the_holder_and_is_removed(tmp_path):
     with lock_output(tmp_path) as lock:
         assert (tmp_path / LOCK_NAME).read_text().strip() == str(os.getpid())
-        with pytest.raises(OutputBusyError, match=rf"--out: {tmp_path} is in use by another "
+        with pytest.raises(OutputBusyError, match=rf"^out: {tmp_path} is in use by another "
                                                   rf"supermix process \(pid {os.getpid()},"):
             lock_output(tmp_path)
         assert lock.stale_pid is None

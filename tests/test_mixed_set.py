@@ -174,10 +174,10 @@ def test_load_mixed_set(mixed_set):
 
 
 def test_load_mixed_set_errors(tmp_path):
-    with pytest.raises(MissingFileError, match=r"--mixed: no folder at"):
+    with pytest.raises(MissingFileError, match=r"^mixed: no folder at"):
         load_mixed_set(tmp_path / "none")
     empty = write_set(tmp_path / "empty", counts=())
-    with pytest.raises(UsageError, match=r"--mixed: the generated set in .* is empty"):
+    with pytest.raises(UsageError, match=r"^mixed: the generated set in .* is empty"):
         load_mixed_set(empty)
 
 

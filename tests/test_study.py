@@ -216,7 +216,7 @@ def test_generate_min_iters_makes_every_sample_step(tmp_path):
 @pytest.mark.parametrize("options, fragment", [
     (dict(mixer="supermix", min_iters=51), "min_iters must be an int in [0, max_iters=50], got 51"),
     (dict(mixer="supermix", min_iters=-1), "min_iters must be an int in [0, max_iters=50], got -1"),
-    (dict(mixer="mixup", min_iters=1), "--min-iters: expected 0 for the blind mixers"),
+    (dict(mixer="mixup", min_iters=1), "min_iters: expected 0 for the blind mixers"),
 ])
 def test_generate_min_iters_checks(tmp_path, options, fragment):
     from supermix.generation import generate

@@ -332,3 +332,18 @@ def test_generate_takes_a_config(tmp_path):
         with pytest.raises(UsageError) as info:
             generate(tmp_path / "refused", 16, config=config, **extra, **common)
         assert message in str(info.value)
+
+
+@pytest.mark.parametrize("text,options,line", [
+    ("mask_size: expected an integer >= 1, got 0", {"--mask-size"},
+     "--mask-size: expected an integer >= 1, got 0"),
+    ("mixer: supermix: k must be an int >= 2", {"--mixer"}, "--mixer: supermix: k must be an int >= 2"),
+    ("teacher: no file at /x", {"--k"}, "teacher: no file at /x"),         # not this command's
+    ("generated set: no manifest.json in /x", {"--generated"}, "generated set: no manifest.json in /x"),
+    ("checkpoint: /x: wrong structure", set(), "checkpoint: /x: wrong structure"),
+])
+def test_the_command_line_names_a_library_setting_by_its_flag(text, options, line):
+    from supermix.commands.cli import usage_message
+    from supermix.errors import UsageError
+
+    assert usage_message(UsageError(text), frozenset(options)) == line

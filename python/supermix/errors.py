@@ -2,7 +2,9 @@
 
 ``supermix.commands.cli.main`` catches :class:`UsageError` (and so its subclasses) and prints one line,
 ``supermix: error: <message>``, exiting with status 2 like argparse does, instead of a traceback.
-Messages name the argument, what was expected and what was got.
+Messages name the setting (the keyword a library caller passed: ``mask_size: expected ...``),
+what was expected and what was got; the command line reports one that opens with a setting of
+the command under its flag (``--mask-size: expected ...``, ``commands.cli.usage_message``).
 """
 from __future__ import annotations
 

@@ -60,10 +60,10 @@ def resolve_device(name: str | torch.device | None, local_rank: int = 0) -> torc
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+        raise UsageError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"--device: {str(name)!r} asked, but torch sees no CUDA device")
+            raise UsageError(f"device: {str(name)!r} asked, but torch sees no CUDA device")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
@@ -198,7 +198,7 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def lock_output(folder: str | os.PathLike, flag: str = "--out") -> OutputLock:
+def lock_output(folder: str | os.PathLike, setting: str = "out") -> OutputLock:
     """Take the exclusive lock of an output folder (created if missing), without waiting.
 
     Raises:
@@ -225,9 +225,9 @@ def lock_output(folder: str | os.PathLike, flag: str = "--out") -> OutputLock:
                     time.sleep(0.01)
                 os.close(fd)
                 raise OutputBusyError(
-                    f"{flag}: {folder} is in use by another supermix process "
+                    f"{setting}: {folder} is in use by another supermix process "
                     f"(pid {holder if holder is not None else 'unknown'}, lock file {path}); "
-                    f"wait for it to finish or choose another {flag}") from None
+                    f"wait for it to finish or write to another folder") from None
             try:
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -239,12 +239,12 @@ def lock_output(folder: str | os.PathLike, flag: str = "--out") -> OutputLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return OutputLock(path, fd, stale if stale != os.getpid() else None)
-        raise OutputBusyError(f"{flag}: could not take the lock {path}")
+        raise OutputBusyError(f"{setting}: could not take the lock {path}")
     except OSError as e:
-        raise UsageError(f"{flag}: cannot lock {folder}: {e.strerror or e}") from e
+        raise UsageError(f"{setting}: cannot lock {folder}: {e.strerror or e}") from e
 
 
-def lock_output_for(info: DistInfo, folder: str | os.PathLike, flag: str = "--out"
+def lock_output_for(info: DistInfo, folder: str | os.PathLike, setting: str = "out"
                     ) -> OutputLock | None:
     """Lock ``folder`` for this job until :func:`shutdown_distributed`: in one process, that
     process; under torchrun, rank 0 alone (the rank that writes the shared files: manifest,
@@ -257,7 +257,7 @@ def lock_output_for(info: DistInfo, folder: str | os.PathLike, flag: str = "--ou
     lock, error = None, None
     if info.is_main:
         try:
-            lock = lock_output(folder, flag)
+            lock = lock_output(folder, setting)
             info.locks.append(lock)
         except UsageError as e:
             if not info.distributed:

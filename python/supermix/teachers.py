@@ -61,7 +61,7 @@ def locate_teacher(path: str | os.PathLike | None) -> Path:
     if not found.is_file():
         hint = (" (the shipped teacher is missing: train it with 'supermix train-teacher')"
                 if path is None else "")
-        raise MissingFileError(f"--teacher: no file at {found}{hint}")
+        raise MissingFileError(f"teacher: no file at {found}{hint}")
     return found
 
 
@@ -122,11 +122,11 @@ def check_teacher_fits(path: Path, config: dict, spec: str, root: str | None = N
     in_channels = int(config["in_channels"])
     if in_channels != (3 if as_cifar else data_channels):
         raise UsageError(
-            f"--teacher: {path} takes {in_channels}-channel images, but the data "
+            f"teacher: {path} takes {in_channels}-channel images, but the data "
             f"{spec!r} has {data_channels} channel(s)")
     classes = sdata.num_classes(spec, root)
     if int(config["num_classes"]) != classes:
-        raise UsageError(f"--teacher: {path} predicts {config['num_classes']} classes, but the "
+        raise UsageError(f"teacher: {path} predicts {config['num_classes']} classes, but the "
                          f"data {spec!r} needs {classes}")
     return as_cifar
 
@@ -154,14 +154,14 @@ def check_teacher_runs(teacher: nn.Module, x: torch.Tensor, num_classes: int, pa
         with torch.no_grad():
             out = teacher(x)
     except Exception as e:  # noqa: BLE001 -- a shape error inside the network
-        raise UsageError(f"--teacher: {path} does not accept images of shape "
+        raise UsageError(f"teacher: {path} does not accept images of shape "
                          f"{list(x.shape[1:])}: {str(e).splitlines()[0] if str(e) else e}") from e
     if not isinstance(out, torch.Tensor) or list(out.shape) != [x.shape[0], num_classes]:
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UsageError(f"--teacher: {path} returned {got} for {x.shape[0]} images, "
+        raise UsageError(f"teacher: {path} returned {got} for {x.shape[0]} images, "
                          f"expected [{x.shape[0]}, {num_classes}]")
     if not bool(torch.isfinite(out).all()):
-        raise UsageError(f"--teacher: {path} returned non-finite logits (NaN or inf) on real "
+        raise UsageError(f"teacher: {path} returned non-finite logits (NaN or inf) on real "
                          f"images; check its weights and the input normalisation")
 
 

@@ -197,16 +197,16 @@ def run_demo(out: str = "supermix_demo.png", teacher: str | None = None, batch_s
         from .mixers import mixer_names
         mixers = mixer_names()
     if batch_size < k:
-        raise UsageError(f"--batch-size: expected >= k={k}, got {batch_size}")
+        raise UsageError(f"batch_size: expected >= k={k}, got {batch_size}")
     if rows < 1 or rows > batch_size:
-        raise UsageError(f"--rows: expected 1..{batch_size}, got {rows}")
+        raise UsageError(f"rows: expected 1..{batch_size}, got {rows}")
     dev = resolve_device(device)
     teacher_path = locate_teacher(teacher)
     model, as_cifar, mean, std = load_teacher_for(teacher_path, DEMO_DATA, None, dev)
     try:
         used_backend = resolve_backend(dev, backend)
     except (ValueError, RuntimeError) as e:
-        raise UsageError(f"--backend: {e}") from e
+        raise UsageError(f"backend: {e}") from e
 
     pixels_all, _ = sdata.load_tensors(DEMO_DATA, train=False, as_cifar=as_cifar, normalize=False)
     generator = torch.Generator().manual_seed(seed)
@@ -318,10 +318,10 @@ def draw_mixed_set(root: str, out: str, num: int = 8, start: int = 0, verify: bo
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if num < 1:
-        raise UsageError(f"--num: expected an integer >= 1, got {num}")
+        raise UsageError(f"num: expected an integer >= 1, got {num}")
     ds = MixedDataset(root, verify=verify, allow_incomplete=True)
     if start < 0 or start >= len(ds):
-        raise UsageError(f"--start: expected 0..{len(ds) - 1}, got {start}")
+        raise UsageError(f"start: expected 0..{len(ds) - 1}, got {start}")
     stop = min(len(ds), start + num)
     names = ds.class_names
     meta = ds.manifest["data"]
@@ -335,7 +335,7 @@ def draw_mixed_set(root: str, out: str, num: int = 8, start: int = 0, verify: bo
                               image_size=int(image_shape[-1]))
         # Other data under --data-root than the set was mixed from: its sources would mislead.
         if tuple(source.shape) != image_shape:
-            raise UsageError(f"--data-root: the set was mixed from {image_shape} images, the "
+            raise UsageError(f"data_root: the set was mixed from {image_shape} images, the "
                              f"data's are {tuple(source.shape)}")
     except UsageError as e:
         source = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import shlex
 import sys
 
@@ -73,13 +74,26 @@ def _report(message: str) -> None:
     sys.stderr.flush()
 
 
-def usage_message(error: UsageError) -> str:
-    """The line a usage error prints: a solver setting's under its flag (the library names the
-    setting, ``lambda_s``; the command line the flag, ``--lambda-s``), any other as it is."""
+def usage_message(error: UsageError, options: frozenset[str] = frozenset()) -> str:
+    """The line a usage error prints. The library names the setting (``lambda_s: ...``,
+    ``mask_size: ...``); the command line names its flag: a :class:`SettingError` always, any
+    other message that opens with a setting of the command's ``options`` (``--mask-size``)."""
     if isinstance(error, SettingError):
         flag = "--" + error.setting.replace("_", "-")
         return f"{flag}: expected {error.expected}, got {error.got!r}"
-    return str(error)
+    text = str(error)
+    opening = re.match(r"([a-z][a-z0-9_]*)(?=:)", text)
+    if opening:
+        flag = "--" + opening.group(1).replace("_", "-")
+        if flag in options:
+            return flag + text[opening.end():]
+    return text
+
+
+def _options(parser: argparse.ArgumentParser, command: str) -> frozenset[str]:
+    """The option strings of ``command``'s subparser."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return frozenset(o for a in sub.choices[command]._actions for o in a.option_strings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = args.func(args)
     except UsageError as e:
-        _report(f"{PROG}: error: {usage_message(e)}")
+        _report(f"{PROG}: error: {usage_message(e, _options(parser, args.command))}")
         return 2
     except FloatingPointError as e:  # a NaN/inf teacher or solver state: nothing was written
         _report(f"{PROG}: error: {_one_line(e)}")

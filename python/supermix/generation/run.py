@@ -119,7 +119,7 @@ def generate_set(settings: GenerateSettings, arguments: dict | None = None,
     try:
         teacher_sha = sha256_file(teacher_path)
     except OSError as e:
-        raise MissingFileError(f"--teacher: cannot read {teacher_path}: {e.strerror or e}") from e
+        raise MissingFileError(f"teacher: cannot read {teacher_path}: {e.strerror or e}") from e
 
     # Ranks wait for each other at the end of a generation that may take hours.
     world = init_distributed(dev, timeout=datetime.timedelta(days=7))
@@ -157,12 +157,12 @@ def _load_inputs(settings: GenerateSettings, s: dict, teacher_path: Path,
     try:
         backend = resolve_backend(dev, settings.backend)
     except (ValueError, RuntimeError) as e:
-        raise UsageError(f"--backend: {e}") from e
+        raise UsageError(f"backend: {e}") from e
     source = ImageSource(data, data_root, s["split"] == "train", as_cifar, mean, std, dev,
                          image_size=teacher_image_size(teacher.supermix_config))
     source.subset, subset_sha = subset_indices(settings.limit, source.split_size)
     if len(source) < s["k"]:
-        raise UsageError(f"--data: {data!r} has {len(source)} images, fewer than k={s['k']}")
+        raise UsageError(f"data: {data!r} has {len(source)} images, fewer than k={s['k']}")
     num_classes = int(teacher.supermix_config["num_classes"])
     check_teacher_runs(teacher, source.batch(torch.arange(min(2, len(source)))), num_classes,
                        teacher_path)
@@ -205,7 +205,7 @@ def _reconcile(out: Path, identity: dict, quotas: list[int], mine: list[int], ov
         old = manifest.get("config", {})
         keys = differing_keys(old, identity)
         if keys:
-            raise UsageError(f"--out: {out / MANIFEST} was written with other settings: "
+            raise UsageError(f"out: {out / MANIFEST} was written with other settings: "
                              f"{describe_diff(old, identity, keys)}; {_OVERWRITE_HINT}")
     if overwrite:
         manifest = None

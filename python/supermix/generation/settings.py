@@ -146,7 +146,7 @@ def resolve_settings(preset: str | None = None, **explicit: Any) -> tuple[dict, 
         UsageError: unknown preset.
     """
     if preset is not None and preset not in SOLVER_PRESETS:
-        raise UsageError(f"--preset: expected one of {sorted(SOLVER_PRESETS)}, got {preset!r}")
+        raise UsageError(f"preset: expected one of {sorted(SOLVER_PRESETS)}, got {preset!r}")
     preset_values = dict(SOLVER_PRESETS[preset]) if preset else {}
     settings = dict(DEFAULTS)
     settings.update(preset_values)
@@ -158,7 +158,7 @@ def check_settings(s: dict) -> None:
     """Raise :class:`UsageError` naming the first setting out of range."""
     def need(cond: bool, name: str, expected: str) -> None:
         if not cond:
-            raise UsageError(f"--{name.replace('_', '-')}: expected {expected}, got {s[name]!r}")
+            raise UsageError(f"{name}: expected {expected}, got {s[name]!r}")
 
     need(isinstance(s["size"], int) and s["size"] > 0, "size", "an integer > 0")
     # The solver's settings are SolverConfig's to check (one place for solve, the mixers and
@@ -177,7 +177,7 @@ def check_settings(s: dict) -> None:
     need(s["split"] in SPLIT_NAMES, "split", f"one of {list(SPLIT_NAMES)}")
 
 
-def check_image_fit(s: dict, image_shape, flag: str = "--mask-size") -> None:
+def check_image_fit(s: dict, image_shape, setting: str = "mask_size") -> None:
     """The settings that depend on the images: the mask grid must fit in them (SuperMix only).
     ``image_shape``: (C, H, W).
 
@@ -188,5 +188,5 @@ def check_image_fit(s: dict, image_shape, flag: str = "--mask-size") -> None:
         return
     h, w = int(image_shape[-2]), int(image_shape[-1])
     if s["mask_size"] > min(h, w):
-        raise UsageError(f"{flag}: expected a mask grid of at most the image size {h}x{w}, got "
+        raise UsageError(f"{setting}: expected a mask grid of at most the image size {h}x{w}, got "
                          f"{s['mask_size']}")

@@ -65,7 +65,7 @@ def make_mixer(s: dict, teacher: nn.Module, backend: str | None):
             **{name: s[name] for name in COMMAND_LINE_SETTINGS})
         return create_mixer(s["mixer"], teacher=teacher, config=config)
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--mixer {s['mixer']}: {e}") from e
+        raise UsageError(f"mixer: {s['mixer']}: {e}") from e
 
 
 def check_finite(j: int, tensors: dict[str, torch.Tensor]) -> None:

@@ -26,17 +26,17 @@ def subset_indices(limit: int | str | None, size: int) -> tuple[torch.Tensor | N
         return None, None
     if isinstance(limit, int):
         if limit > size:
-            raise UsageError(f"--limit: the split has {size} images, got {limit}")
+            raise UsageError(f"limit: the split has {size} images, got {limit}")
         return torch.arange(limit), None
     text = Path(limit).read_text()
     words = [w for line in text.splitlines() for w in line.split("#", 1)[0].split()]
     try:
         values = [int(w) for w in words]
     except ValueError:
-        raise UsageError(f"--limit: {limit} must hold integer indices") from None
+        raise UsageError(f"limit: {limit} must hold integer indices") from None
     bad = [v for v in values if not 0 <= v < size]
     if not values or bad or len(set(values)) != len(values):
-        raise UsageError(f"--limit: {limit} must list distinct indices in 0..{size - 1}"
+        raise UsageError(f"limit: {limit} must list distinct indices in 0..{size - 1}"
                          + (f", got {bad[:3]}" if bad else ""))
     digest = hashlib.sha256(" ".join(map(str, values)).encode()).hexdigest()
     return torch.tensor(values, dtype=torch.int64), digest

@@ -310,10 +310,10 @@ def load_mixed_set(path: str | os.PathLike, limit: int | None = None,
     """
     root = Path(path)
     if not root.is_dir():
-        raise MissingFileError(f"--mixed: no folder at {root}")
+        raise MissingFileError(f"mixed: no folder at {root}")
     ds = MixedDataset(root, verify=verify)
     if len(ds) == 0:
-        raise UsageError(f"--mixed: the generated set in {root} is empty")
+        raise UsageError(f"mixed: the generated set in {root} is empty")
     images = ds.read_field("mixed")
     y_hat = ds.read_field("y_hat").float()
     probs = ds.read_field("teacher_probs").float()

@@ -115,7 +115,7 @@ def check_out_dir(out_dir: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"--out: cannot write to {out_dir}: {e.strerror or e}") from e
+        raise UsageError(f"out: cannot write to {out_dir}: {e.strerror or e}") from e
 
 
 def clean_temporaries(out_dir: Path) -> int:
@@ -160,7 +160,7 @@ def finished_shards(out_dir: Path, manifest: dict | None, identity: dict, quotas
         if config != identity:
             keys = differing_keys(config, identity)
             raise UsageError(
-                f"--out: {path} was generated with other settings: "
+                f"out: {path} was generated with other settings: "
                 f"{describe_diff(config, identity, keys)}; {overwrite_hint}")
         sha = sha256_file(path)
         entry = listed.get(j)

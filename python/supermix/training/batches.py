@@ -128,10 +128,10 @@ class EpochPlan:
     def __init__(self, num_slots: int, global_batch: int, seed: int, epoch: int,
                  world: int = 1, rank: int = 0, limit_steps: int | None = None):
         if global_batch % world:
-            raise UsageError(f"--batch-size: the global batch must divide over {world} "
+            raise UsageError(f"batch_size: the global batch must divide over {world} "
                              f"processes, got {global_batch}")
         if num_slots < global_batch:
-            raise UsageError(f"--batch-size: {global_batch} is larger than the {num_slots} "
+            raise UsageError(f"batch_size: {global_batch} is larger than the {num_slots} "
                              f"samples of an epoch")
         self.global_batch, self.world, self.rank = global_batch, world, rank
         self.order = torch.randperm(num_slots, generator=make_generator(seed, "order", epoch))
@@ -149,11 +149,11 @@ class EpochPlan:
             UsageError: naming ``--batch-size``.
         """
         if global_batch % world:
-            raise UsageError(f"--batch-size: the global batch {global_batch} must divide over "
+            raise UsageError(f"batch_size: the global batch {global_batch} must divide over "
                              f"{world} processes")
         steps = EpochPlan.steps_for(num_slots, global_batch, limit_steps)
         if steps == 0:
-            raise UsageError(f"--batch-size: {global_batch} is larger than the {num_slots} "
+            raise UsageError(f"batch_size: {global_batch} is larger than the {num_slots} "
                              f"samples of an epoch")
         return steps
 

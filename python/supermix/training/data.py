@@ -36,7 +36,7 @@ class LabelledData:
 
         self.name, self.root = sm_data.parse_spec(spec, root)
         if as_cifar and self.name != "fashion-mnist":
-            raise UsageError(f"--as-cifar: only for fashion-mnist, got data {spec!r}")
+            raise UsageError(f"as_cifar: only for fashion-mnist, got data {spec!r}")
         self.as_cifar = bool(as_cifar)
         self.class_names = list(sm_data.class_names(spec, root))
         self.num_classes = len(self.class_names)
@@ -76,7 +76,7 @@ class LabelledData:
             stats_mean, stats_std = sm_data.stats("imagefolder")
             self.mean, self.std = list(stats_mean), list(stats_std)
         if self.num_train == 0:
-            raise UsageError(f"--data: {spec!r} has no training images")
+            raise UsageError(f"data: {spec!r} has no training images")
 
     def model_config(self, arch: str) -> dict:
         """The checkpoint config of a model ``arch`` trained on this data (what
@@ -140,17 +140,17 @@ def check_generated(generated: "GeneratedSet", data: LabelledData, num_classes: 
     """
     made_from = generated.data_name
     if made_from and made_from != data.name:
-        raise UsageError(f"--mixed: {generated.path} was generated from {made_from!r}, but the "
+        raise UsageError(f"mixed: {generated.path} was generated from {made_from!r}, but the "
                          f"data is {data.name!r}")
     shape = tuple(int(v) for v in generated.images.shape[1:])
     if shape != tuple(data.shape):
-        raise UsageError(f"--mixed: {generated.path} holds images of shape {list(shape)}, but "
+        raise UsageError(f"mixed: {generated.path} holds images of shape {list(shape)}, but "
                          f"the model takes {list(data.shape)}"
                          + (" (Fashion-MNIST as 3x32x32 needs --as-cifar, or a teacher "
                             "trained with it)" if shape[0] == 3 and data.name == "fashion-mnist"
                             else ""))
     if generated.num_classes != num_classes:
-        raise UsageError(f"--mixed: {generated.path} has labels over {generated.num_classes} "
+        raise UsageError(f"mixed: {generated.path} has labels over {generated.num_classes} "
                          f"classes, the model predicts {num_classes}")
 
 

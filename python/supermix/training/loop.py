@@ -199,7 +199,7 @@ def finish(state: TrainState, extra: dict | None = None) -> dict:
     """Write ``model.pt`` (final weights, config with the final test accuracy) and the log's
     ``end`` record; returns that record."""
     if not state.history:
-        raise UsageError(f"--epochs: the checkpoint in {state.out} already has "
+        raise UsageError(f"epochs: the checkpoint in {state.out} already has "
                          f"{state.start_epoch} epochs of {state.epochs}; nothing to do")
     final = state.history[-1]
     if final["epoch"] < state.epochs:

@@ -59,7 +59,7 @@ def check_out(out: Path, resume: bool, info: DistInfo | None = None) -> Path:
     if info is not None:
         lock_output_for(info, out)
     if (out / CHECKPOINT_NAME).exists() and not resume:
-        raise UsageError(f"--out: {out} already holds {CHECKPOINT_NAME}; pass --resume to "
+        raise UsageError(f"out: {out} already holds {CHECKPOINT_NAME}; pass --resume to "
                          f"continue it or choose another --out")
     return out
 
@@ -103,7 +103,7 @@ def try_resume(state: TrainState, must_match: Sequence[str]) -> bool:
     path = state.out / CHECKPOINT_NAME
     if not path.exists():
         if state.info.is_main:
-            print(f"--resume: no {path} yet, starting from scratch", flush=True)
+            print(f"resume: no {path} yet, starting from scratch", flush=True)
         return False
     ckpt = load_checkpoint(path, map_location="cpu")
     for key, kind in (("args", dict), ("optimizer", dict), ("epoch", int), ("history", list)):
@@ -116,13 +116,13 @@ def try_resume(state: TrainState, must_match: Sequence[str]) -> bool:
         keys = [k for k in keys if k not in ("data", "data_root")]
     for key in keys:
         if saved.get(key) != state.run_args.get(key):
-            raise UsageError(f"--{key.replace('_', '-')}: the checkpoint in {state.out} was made "
+            raise UsageError(f"{key}: the checkpoint in {state.out} was made "
                              f"with {saved.get(key)!r}, got {state.run_args.get(key)!r}; "
                              f"resume with the same value or choose another --out")
     try:
         state.model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise MissingFileError(f"--resume: {path} does not fit this model: "
+        raise MissingFileError(f"resume: {path} does not fit this model: "
                                f"{str(e).splitlines()[0]}") from e
     try:
         state.optimizer.load_state_dict(ckpt["optimizer"])
