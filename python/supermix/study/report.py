@@ -315,15 +315,19 @@ def _plot(path: Path, proto: Protocol, s: Settings, res: Results, main_rows, abl
     main = [m for m in proto.methods if m.key in res.top1]
     ivs = [mean_interval(list(res.top1[m.key].values())) for m in main]
     diffs = main_rows + abl_rows
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.5 * max(len(main), len(diffs)) + 2),
-                                   gridspec_kw={"width_ratios": [1, 1.3]})
+    # One panel above the other, so the long names of the paired rows get the width; the
+    # constrained layout keeps the labels and the title inside the figure.
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(10, 0.45 * (len(main) + len(diffs)) + 3.5), layout="constrained",
+        gridspec_kw={"height_ratios": [len(main) + 1, len(diffs) + 1]})
     base = max(0, math.floor(min(100 * (iv.low if iv.n > 1 else iv.mean) for iv in ivs) - 1))
     y = list(range(len(main)))[::-1]
-    ax1.barh(y, [100 * iv.mean - base for iv in ivs], left=base, color="#9db4d6",
+    ax1.barh(y, [100 * iv.mean - base for iv in ivs], left=base, color="#9db4d6", height=0.6,
              xerr=[100 * (iv.half if iv.n > 1 else 0) for iv in ivs], capsize=4)
     for yi, iv in zip(y, ivs):
-        ax1.text(100 * iv.mean, yi + 0.42, f"{100 * iv.mean:.2f}", ha="center", va="top",
+        ax1.text(100 * iv.mean, yi + 0.32, f"{100 * iv.mean:.2f}", ha="center", va="bottom",
                  fontsize=8)
+    ax1.set_ylim(-0.6, len(main) - 0.1)
     ax1.set_yticks(y)
     ax1.set_yticklabels([m.title for m in main])
     ax1.set_xlim(left=base)
@@ -335,20 +339,20 @@ def _plot(path: Path, proto: Protocol, s: Settings, res: Results, main_rows, abl
         iv = row.interval
         ax2.errorbar(100 * iv.mean, yi, xerr=100 * iv.half if iv.n > 1 else 0, fmt="o",
                      color=c, capsize=4)
-        ax2.text(100 * iv.mean, yi + 0.25, f"{100 * iv.mean:+.2f} (n={iv.n})", ha="center",
-                 fontsize=8)
+        ax2.text(100 * iv.mean, yi + 0.15, f"{100 * iv.mean:+.2f} (n={iv.n})", ha="center",
+                 va="bottom", fontsize=8)
     reach = max([100 * (abs(r.interval.mean) + (r.interval.half if r.interval.n > 1 else 0))
                  for r in main_rows + abl_rows] + [1.0])
     ax2.set_xlim(-1.6 * reach, 1.6 * reach)
+    ax2.set_ylim(-0.6, len(diffs) - 0.2)
     ax2.axvline(0, color="k", linewidth=1)
     ax2.set_yticks(y2)
     ax2.set_yticklabels([row.title for row in diffs], fontsize=8)
     ax2.set_xlabel("paired difference, points (wide intervals clipped)")
     ax2.set_title("paired differences, 95% CI (blue: the question, orange: other rows)",
                   fontsize=10)
-    fig.suptitle(f"Fashion-MNIST, {proto.title}: {s.student} student, {s.labelled} labelled "
+    fig.suptitle(f"Fashion-MNIST, {proto.title}:\n{s.student} student, {s.labelled} labelled "
                  f"images, mixed sets of {s.mixed_size}, {s.epochs} epochs", fontsize=11)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
