@@ -2,8 +2,9 @@
 
 - Triton: tests/triton_compile_only.py compiles every kernel variant the op tests use, through
   the real host launchers, with a target-only driver and compile-only launches; any compile
-  error, a kernel over the architecture's shared memory, or a NaN-dropping min/max in the
-  Newton step's clamp fails the test.
+  error, a kernel over the architecture's shared memory, a NaN-dropping min/max in the
+  Newton step's clamp, or an input that torch.compile's analysis takes for an output fails the
+  test.
 - CUDA: nvcc compiles csrc/cuda/*.cu for both architectures with ``-Xptxas -v``; a kernel that
   spills registers to local memory fails the test (skipped only where nvcc is absent).
 """
@@ -72,6 +73,8 @@ def test_triton_kernels_compile_without_a_gpu(triton_compiles, arch):
     assert result["rc"] == 0
     missing = TRITON_KERNELS - set(result["compiled"])
     assert not missing, f"sm_{arch}: kernels never compiled: {sorted(missing)}"
+    # torch.compile's write analysis ran on every kernel (an input it calls written is an error).
+    assert set(result["written"]) == TRITON_KERNELS, result["written"]
     # max.f32 / min.f32 return the non-NaN operand: a NaN loss must give a NaN step.
     assert result["nan_dropping_minmax"]["_newton_step_kernel"] == 0, result["nan_dropping_minmax"]
 

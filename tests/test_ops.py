@@ -119,13 +119,23 @@ def _float64_paths():
     return [p for p in ALL_PATHS if p.values[1] != "triton"]
 
 
+def _nondet_tol(device: str) -> float:
+    """gradcheck's tolerance between two backward passes of the same input. On CUDA the grid
+    reductions (ATen's upsample and convolution backwards, the default float-atomic kernels) add
+    in a run-dependent order, so two passes differ in the last bits (seen on an H200 with the
+    reference mix, 2026-12-04); 1e-12 is far under any wrong gradient at these O(1) values."""
+    return 1e-12 if device == "cuda" else 0.0
+
+
 @pytest.mark.parametrize("device,backend", _float64_paths())
 @pytest.mark.parametrize("shape", SMALL_MIX_SHAPES, ids=str)
 def test_mix_gradcheck_float64(device, backend, shape):
     images, logits = random_mix_inputs(shape, device, torch.float64, torch.float64, seed=3)
     images.requires_grad_()
     logits.requires_grad_()
-    assert torch.autograd.gradcheck(lambda i, l: supermix_ext.mix(i, l, backend=backend), (images, logits))
+    assert torch.autograd.gradcheck(
+        lambda i, l: supermix_ext.mix(i, l, backend=backend), (images, logits), nondet_tol=_nondet_tol(device)
+    )
 
 
 def _compiled_ops(device):
@@ -246,7 +256,9 @@ def test_gaussian_smooth_sigma1_is_the_five_tap_kernel(device, backend):
 @pytest.mark.parametrize("device,backend", _float64_paths())
 def test_gaussian_smooth_gradcheck(device, backend):
     grad = torch.randn(3, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: supermix_ext.gaussian_smooth(x, 1.3, backend=backend), (grad,))
+    assert torch.autograd.gradcheck(
+        lambda x: supermix_ext.gaussian_smooth(x, 1.3, backend=backend), (grad,), nondet_tol=_nondet_tol(device)
+    )
 
 
 # ---------------------------------------------------------------------------- newton_step ----

@@ -10,7 +10,13 @@ Triton compiles each variant to PTX and a cubin with its ptxas. The tensors are 
 interpreter; one case per kernel is past 2^31 - 1 elements, for the int64-offset variants (its
 tensors cost address space only). Prints one JSON object:
 ``{"arch": 90, "compiled": {kernel: variants}, "max_shared": {kernel: bytes},
-"nan_dropping_minmax": {kernel: count}, "errors": [...]}``.
+"nan_dropping_minmax": {kernel: count}, "written": {kernel: [args]}, "errors": [...]}``.
+
+Each variant also goes through torch.compile's own analysis of which tensor arguments a kernel
+writes (what ``triton_op`` tracing uses: an argument it reports as written is copied back into
+the caller's tensor, which fails for a leaf that requires grad). An argument reported as written
+that is not among the kernel's outputs in ``OUTPUTS`` is an error: torch 2.11's analysis once
+reported the mix backward's logits as written, and torch.compile of the Triton mix failed on a GPU.
 """
 from __future__ import annotations
 
@@ -67,7 +73,18 @@ class TargetOnlyDriver(DriverBase):
         raise NotImplementedError("compile-only driver")
 
 
+# The tensor arguments each kernel writes (its docstring's outputs); every other tensor is read only.
+OUTPUTS = {
+    "_mix_fwd_kernel": {"mixed_ptr", "partial_ptr"},
+    "_mix_bwd_kernel": {"grad_images_ptr", "grad_logits_ptr", "dz_ptr"},
+    "_bilinear_adjoint_kernel": {"grad_logits_ptr"},
+    "_gaussian_smooth_kernel": {"out_ptr"},
+    "_newton_step_kernel": {"out_ptr"},
+}
+
 COMPILED: dict[str, set] = {}
+WRITTEN: dict[str, set] = {}
+ANALYSIS_ERRORS: list[str] = []
 MAX_SHARED: dict[str, int] = {}
 # PTX min/max.f32 return the non-NaN operand (the .NaN forms propagate NaN): counted per kernel
 # so the test can hold the kernels that must keep a NaN (newton_step's step clamp) to zero.
@@ -75,10 +92,38 @@ NAN_DROPPING_MINMAX: dict[str, int] = {}
 _NAN_DROPPING = re.compile(r"\b(?:min|max)(?:\.ftz)?\.f32\b")
 
 
+def _written_args(jit_fn, kwargs: dict) -> set[str]:
+    """The tensor arguments torch.compile's analysis says ``jit_fn`` writes (torch 2.11-2.12:
+    ``identify_mutated_tensors``, which reports every tensor when it fails; later releases:
+    ``identify_accessed_tensors``)."""
+    from torch._higher_order_ops import triton_kernel_wrap as wrap
+
+    if hasattr(wrap, "identify_accessed_tensors"):
+        accesses = wrap.identify_accessed_tensors(jit_fn, dict(kwargs), {})
+        return {dep.name for dep in accesses.read_writes.writes if isinstance(kwargs.get(dep.name), torch.Tensor)}
+    return set(wrap.identify_mutated_tensors(jit_fn, dict(kwargs), {}))
+
+
+def _check_written(jit_fn, args: tuple, kwargs: dict) -> None:
+    name = jit_fn.fn.__name__
+    bound = dict(zip(jit_fn.arg_names, args))
+    bound.update((k, v) for k, v in kwargs.items() if k in jit_fn.arg_names)
+    written = _written_args(jit_fn, bound)
+    WRITTEN.setdefault(name, set()).update(written)
+    wrong = written - OUTPUTS[name]
+    if wrong:
+        ANALYSIS_ERRORS.append(
+            f"{name}: torch.compile's analysis reports the inputs {sorted(wrong)} as written "
+            f"(outputs: {sorted(OUTPUTS[name])}); a traced triton_op would copy into them"
+        )
+
+
 def _compile_only_run(original):
     def run(self, *args, grid, warmup, **kwargs):
         kernel = original(self, *args, grid=grid, warmup=True, **kwargs)
         name = self.fn.__name__
+        if kernel.hash not in COMPILED.get(name, set()):
+            _check_written(self, args, kwargs)
         COMPILED.setdefault(name, set()).add(kernel.hash)
         MAX_SHARED[name] = max(MAX_SHARED.get(name, 0), int(kernel.metadata.shared))
         found = len(_NAN_DROPPING.findall(kernel.asm["ptx"]))
@@ -166,6 +211,7 @@ def main(capability: int) -> int:
             call()
         except Exception as exc:  # report every failing variant, not just the first
             errors.append(f"{description}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}")
+    errors += ANALYSIS_ERRORS
     too_big = {name: size for name, size in MAX_SHARED.items() if size > MAX_SHARED_BYTES[capability]}
     for name, size in too_big.items():
         errors.append(f"{name}: {size} bytes of shared memory, sm_{capability} has {MAX_SHARED_BYTES[capability]}")
@@ -175,6 +221,7 @@ def main(capability: int) -> int:
         "compiled": {name: len(hashes) for name, hashes in sorted(COMPILED.items())},
         "max_shared": MAX_SHARED,
         "nan_dropping_minmax": NAN_DROPPING_MINMAX,
+        "written": {name: sorted(args) for name, args in sorted(WRITTEN.items())},
         "errors": errors,
     }))
     return 1 if errors else 0

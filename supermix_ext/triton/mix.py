@@ -81,15 +81,17 @@ def _source_index(dst, scale, in_size):
 
 
 @triton.jit
-def _mask_tile(logits_ptr, ks, kmask, pmask, y, x, h, w, scale_h, scale_w):
+def _mask_tile(logits_ptr, ks, kmask, pmask, h, w, y0, y1, ly0, ly1, x0, x1, lx0, lx1):
     """Sigmoids and normalised masks of a [BLOCK_K, BLOCK_P] tile (sources x pixels).
 
     z_i(u) = bilinear upsample of logits_i at u, s_i = sigmoid(z_i), m_i = s_i / sum_j s_j.
     Rows i >= K and masked pixels hold s = m = 0. ``logits_ptr`` points at the sample's
-    [K,h,w] block. Returns (s, m, y0, y1, ly0, ly1, x0, x1, lx0, lx1).
+    [K,h,w] block; (y0, y1, ly0, ly1) and (x0, x1, lx0, lx1) are ``_source_index`` of the
+    tile's rows and columns. The caller computes those, not this function: torch.compile's
+    analysis of which arguments a kernel writes follows a call's results back to all of its
+    arguments, so the backward's atomics at cells returned from a call that reads
+    ``logits_ptr`` would mark the logits as written (torch 2.11). Returns (s, m).
     """
-    y0, y1, ly0, ly1 = _source_index(y, scale_h, h)
-    x0, x1, lx0, lx1 = _source_index(x, scale_w, w)
     mask = kmask[:, None] & pmask[None, :]
     plane = logits_ptr + ks[:, None] * (h * w)
     v00 = tl.load(plane + (y0 * w + x0)[None, :], mask=mask, other=0.0)
@@ -104,7 +106,7 @@ def _mask_tile(logits_ptr, ks, kmask, pmask, y, x, h, w, scale_h, scale_w):
     total = tl.sum(s, axis=0)
     total = tl.where(pmask, total, 1.0)  # padded pixels: avoid 0 / 0
     m = s / total[None, :]
-    return s, m, y0, y1, ly0, ly1, x0, x1, lx0, lx1
+    return s, m
 
 
 @triton.jit
@@ -147,8 +149,10 @@ def _mix_fwd_kernel(
     kmask = ks < K
     mask = kmask[:, None] & pmask[None, :]
 
-    s, m, y0, y1, ly0, ly1, x0, x1, lx0, lx1 = _mask_tile(
-        logits_ptr + b * (K * h * w), ks, kmask, pmask, y, x, h, w, scale_h, scale_w
+    y0, y1, ly0, ly1 = _source_index(y, scale_h, h)
+    x0, x1, lx0, lx1 = _source_index(x, scale_w, w)
+    s, m = _mask_tile(
+        logits_ptr + b * (K * h * w), ks, kmask, pmask, h, w, y0, y1, ly0, ly1, x0, x1, lx0, lx1
     )
 
     image_rows = images_ptr + b * (K * C * HW) + ks[:, None] * (C * HW) + offs[None, :]
@@ -211,8 +215,10 @@ def _mix_bwd_kernel(
     kmask = ks < K
     mask = kmask[:, None] & pmask[None, :]
 
-    s, m, y0, y1, ly0, ly1, x0, x1, lx0, lx1 = _mask_tile(
-        logits_ptr + b * (K * h * w), ks, kmask, pmask, y, x, h, w, scale_h, scale_w
+    y0, y1, ly0, ly1 = _source_index(y, scale_h, h)
+    x0, x1, lx0, lx1 = _source_index(x, scale_w, w)
+    s, m = _mask_tile(
+        logits_ptr + b * (K * h * w), ks, kmask, pmask, h, w, y0, y1, ly0, ly1, x0, x1, lx0, lx1
     )
 
     image_rows = images_ptr + b * (K * C * HW) + ks[:, None] * (C * HW) + offs[None, :]
