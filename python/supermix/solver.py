@@ -236,8 +236,8 @@ def _check_finite_logits(out: torch.Tensor, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- solve ----
-# 88 lines, 22 of them the docstring of the public entry point (every argument and plug-in);
-# the rest checks the arguments, labels the sources, draws the problem and calls the loop.
+# Most of solve() is the public entry point's docstring (every argument and plug-in); the rest
+# checks the arguments, labels the sources, draws the problem and calls the loop.
 def solve(
     teacher,
     images: torch.Tensor,

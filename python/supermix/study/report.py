@@ -342,7 +342,7 @@ def _plot(path: Path, proto: Protocol, s: Settings, res: Results, main_rows, abl
         ax2.text(100 * iv.mean, yi + 0.15, f"{100 * iv.mean:+.2f} (n={iv.n})", ha="center",
                  va="bottom", fontsize=8)
     reach = max([100 * (abs(r.interval.mean) + (r.interval.half if r.interval.n > 1 else 0))
-                 for r in main_rows + abl_rows] + [1.0])
+                 for r in diffs] + [1.0])
     ax2.set_xlim(-1.6 * reach, 1.6 * reach)
     ax2.set_ylim(-0.6, len(diffs) - 0.2)
     ax2.axvline(0, color="k", linewidth=1)
