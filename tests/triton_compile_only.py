@@ -93,9 +93,9 @@ _NAN_DROPPING = re.compile(r"\b(?:min|max)(?:\.ftz)?\.f32\b")
 
 
 def _written_args(jit_fn, kwargs: dict) -> set[str]:
-    """The tensor arguments torch.compile's analysis says ``jit_fn`` writes (torch 2.11-2.12:
-    ``identify_mutated_tensors``, which reports every tensor when it fails; later releases:
-    ``identify_accessed_tensors``)."""
+    """The tensor arguments torch.compile's analysis says ``jit_fn`` writes (``identify_accessed_tensors``
+    where the release has it, as 2.14 does; else ``identify_mutated_tensors``, as in 2.11, which
+    reports every tensor when it fails)."""
     from torch._higher_order_ops import triton_kernel_wrap as wrap
 
     if hasattr(wrap, "identify_accessed_tensors"):
